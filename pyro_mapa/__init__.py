@@ -1,0 +1,50 @@
+"""pyro_mapa: MAPA (Model-Agnostic Posterior Approximation) for training VAEs with Pyro.
+
+The whole public API::
+
+    kernels      GaussianKernel, BernoulliKernel, ProximityKernel
+    table        PosteriorTable
+    guide        MAPAGuide
+    networks     AmortizedCodebook, mlp
+    models       EmpiricalizedModel, VAEModel, MeanFieldGuide
+    likelihoods  NormalLikelihood, BernoulliLikelihood
+    losses       TraceMAPA_ELBO, TraceIWAE_ELBO
+    evaluation   empirical_log_likelihood, quadrature_log_likelihood
+
+Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
+Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
+"""
+
+from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
+from .codebook import AmortizedCodebook
+from .distributions import TableCategorical
+from .evaluation import empirical_log_likelihood, quadrature_log_likelihood
+from .guide import MAPAGuide
+from .iwae_elbo import TraceIWAE_ELBO
+from .kernels import BernoulliKernel, GaussianKernel, ProximityKernel
+from .likelihoods import BernoulliLikelihood, NormalLikelihood
+from .mapa_elbo import NonFiniteLossError, TraceMAPA_ELBO
+from .posterior_table import PosteriorTable
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmortizedCodebook",
+    "BernoulliKernel",
+    "BernoulliLikelihood",
+    "EmpiricalizedModel",
+    "GaussianKernel",
+    "MAPAGuide",
+    "MeanFieldGuide",
+    "NonFiniteLossError",
+    "NormalLikelihood",
+    "PosteriorTable",
+    "ProximityKernel",
+    "TableCategorical",
+    "TraceIWAE_ELBO",
+    "TraceMAPA_ELBO",
+    "VAEModel",
+    "empirical_log_likelihood",
+    "mlp",
+    "quadrature_log_likelihood",
+]

@@ -1,0 +1,7 @@
+"""``python -m pyro_mapa demo``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,475 @@
+"""The MAPA posterior table: the categorical :math:`q(c_n = \\cdot)` of every row, built once.
+
+.. math:: q(c_n = i) = \\kappa(x_n, x_i) / \\sum_j \\kappa(x_n, x_j)        (Eq. 8)
+
+The table stores, for each row ``n``, its support sorted by decreasing probability:
+``indices[n, :]`` (``M`` column indices) and ``log_probs[n, :]`` (their log
+probabilities, normalized by the *exact* normalizer over all ``N`` columns). With
+``M = N`` the table is exact and complete; with ``M < N`` (``max_support``) the tail
+is dropped, which keeps the MAPA bound valid (METHOD.md §5, fact 8) at memory
+``O(N·M)``. Sorted rows make ``top_k`` a slice and the remainder a contiguous block.
+
+The numerics live in pure functions (:func:`build_table`, :func:`remainder_log_probs`)
+that know nothing of Pyro and run on any device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .kernels import ProximityKernel, squared_distances
+
+__all__ = [
+    "PosteriorTable",
+    "TableRows",
+    "build_table",
+    "data_fingerprint",
+    "remainder_log_probs",
+]
+
+FORMAT_NAME = "pyro_mapa.PosteriorTable"
+FORMAT_VERSION = 1
+# A dense (M = N) table holds N² int64 indices and float32 log-probabilities.
+_DENSE_LIMIT_BYTES = 4 * 2**30
+
+
+class TableRows(NamedTuple):
+    """Sorted supports of a batch of rows: ``indices`` and ``log_probs``, both ``(B, M)``."""
+
+    indices: Tensor
+    log_probs: Tensor
+
+
+def data_fingerprint(data: Tensor) -> str:
+    """SHA-256 of a tensor's shape, dtype and values: identifies the data a table was built on."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(data.shape)}|{data.dtype}".encode())
+    h.update(data.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _default_chunk_size(num_columns: int) -> int:
+    # About 16M entries (64 MiB in float32) of the row block at a time.
+    return max(1, min(num_columns, 2**24 // max(num_columns, 1)))
+
+
+def build_table(
+    data: Tensor,
+    kernel: ProximityKernel,
+    max_support: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Computes the sorted MAPA rows of ``data`` in row chunks, never holding ``N×N``.
+
+    For each block of ``chunk_size`` query rows it computes squared distances to all
+    ``N`` points by one matrix multiply, maps them to :math:`\\log\\kappa`, takes the
+    exact row log-normalizer by ``logsumexp`` over all ``N`` columns, and keeps the
+    ``M`` largest entries. Ties are broken by column index (stable sort) when
+    ``M = N``.
+
+    Arguments:
+        data: ``(N, D)`` floating tensor on the device to compute on.
+        kernel: The proximity kernel.
+        max_support: ``M``, entries kept per row (default ``N``).
+        chunk_size: Query rows per block (default: about 16M entries per block).
+        progress: Show a tqdm bar (default: only for more than 10^8 entries).
+
+    Returns:
+        ``(indices, log_probs, log_normalizer)`` of shapes ``(N, M)``, ``(N, M)``, ``(N,)``.
+    """
+    n = data.shape[0]
+    m = n if max_support is None else max_support
+    chunk = chunk_size or _default_chunk_size(n)
+    if progress is None:
+        progress = n * n > 10**8
+    indices = torch.empty(n, m, dtype=torch.long, device=data.device)
+    log_probs = torch.empty(n, m, dtype=data.dtype, device=data.device)
+    log_norm = torch.empty(n, dtype=data.dtype, device=data.device)
+    sq = (data * data).sum(-1)
+    starts = range(0, n, chunk)
+    for start in tqdm(starts, desc="MAPA table", unit="block", disable=not progress):
+        stop = min(start + chunk, n)
+        log_k = kernel.log_kernel_from_sqdist(
+            squared_distances(data[start:stop], data, sq[start:stop], sq)
+        )
+        lz = torch.logsumexp(log_k, dim=1)
+        if m == n:
+            vals, idx = torch.sort(log_k, dim=1, descending=True, stable=True)
+        else:
+            vals, idx = torch.topk(log_k, m, dim=1, largest=True, sorted=True)
+        indices[start:stop] = idx
+        log_probs[start:stop] = vals - lz.unsqueeze(1)
+        log_norm[start:stop] = lz
+    return indices, log_probs, log_norm
+
+
+def remainder_log_probs(log_probs: Tensor, k: int, log_mass: Tensor | None = None) -> Tensor:
+    """Log-probabilities of the renormalized remainder :math:`\\tilde q_n` after the top ``k``.
+
+    .. math:: \\tilde q_n(i) = q(c_n=i)[i \\notin T_K(n)] / \\sum_{j \\notin T_K(n)} q(c_n=j)
+
+    A row whose remainder mass underflows to zero falls back to a uniform proposal
+    over its remainder entries: any proposal with full support keeps the importance
+    estimate unbiased (METHOD.md §5, fact 7), and nothing becomes NaN.
+
+    Arguments:
+        log_probs: ``(B, M)`` sorted log-probabilities of the kept support.
+        k: Number of leading entries excluded.
+        log_mass: Optional precomputed ``(B,)`` remainder log-masses
+            ``logsumexp(log_probs[:, k:])``.
+
+    Returns:
+        ``(B, M - k)`` normalized log-probabilities.
+    """
+    rest = log_probs[:, k:]
+    if log_mass is None:
+        log_mass = torch.logsumexp(rest, dim=-1)
+    log_mass = log_mass.unsqueeze(-1)
+    uniform = torch.full_like(rest, -math.log(max(rest.shape[-1], 1)))
+    return torch.where(torch.isfinite(log_mass), rest - log_mass, uniform)
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+class PosteriorTable:
+    """The MAPA posterior :math:`q(c_n = \\cdot)` for every row, sorted, possibly truncated.
+
+    Build it with :meth:`from_data` (the kernel approximation), :meth:`uniform`
+    ("MAPA-naive") or :meth:`from_log_probs` (any given posterior, e.g. "MAPA-GT").
+
+    Arguments:
+        indices: ``(R, M)`` long tensor, column indices of each row's support in
+            decreasing order of probability.
+        log_probs: ``(R, M)`` matching log-probabilities, normalized over all
+            ``num_categories`` columns (so a truncated row sums to at most one).
+        num_categories: ``N``, the number of codes (the index site's support size).
+        log_normalizer: Optional ``(R,)`` row log-normalizers of the kernel.
+        fingerprint: Optional :func:`data_fingerprint` of the data the table was built on.
+        config: Optional JSON-serializable description (kernel settings, ...).
+
+    Example:
+        >>> X = torch.tensor([[0.0], [0.1], [1.0]])
+        >>> table = PosteriorTable.from_data(X, GaussianKernel(0.1))
+        >>> table.top_k(torch.tensor([0]), 1).indices
+        tensor([[0]])
+    """
+
+    def __init__(
+        self,
+        indices: Tensor,
+        log_probs: Tensor,
+        num_categories: int,
+        log_normalizer: Tensor | None = None,
+        fingerprint: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        if indices.shape != log_probs.shape or indices.dim() != 2:
+            raise ValueError(
+                f"indices and log_probs must both have shape (R, M), got "
+                f"{tuple(indices.shape)} and {tuple(log_probs.shape)}"
+            )
+        if indices.shape[1] < 1:
+            raise ValueError("a PosteriorTable needs at least one entry per row")
+        self.indices = indices
+        self.log_probs = log_probs
+        self.num_categories = int(num_categories)
+        self.log_normalizer = log_normalizer
+        self.fingerprint = fingerprint
+        self.config = dict(config or {})
+        self._remainder_mass: dict[int, Tensor] = {}
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_data(
+        cls,
+        data: Tensor,
+        kernel: ProximityKernel,
+        *,
+        max_support: int | None = None,
+        chunk_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: bool | None = None,
+    ) -> PosteriorTable:
+        """Builds the MAPA table of ``data`` under ``kernel`` (Eq. 8), exactly, in row chunks.
+
+        Arguments:
+            data: ``(N, D)`` observations, finite floats.
+            kernel: A :class:`~pyro_mapa.kernels.ProximityKernel`.
+            max_support: Keep only each row's top ``M`` entries (memory ``O(N·M)``);
+                the log-normalizer stays exact over all ``N``. Default: full rows.
+            chunk_size: Query rows per block (memory ``O(chunk·N)``).
+            device: Where to compute and keep the table (default: ``data.device``).
+            progress: Show a tqdm progress bar (default: for large ``N``).
+        """
+        if not isinstance(kernel, ProximityKernel):
+            raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
+        kernel.validate(data)
+        n = data.shape[0]
+        if max_support is not None:
+            _check_count(max_support, "max_support")
+            if not 1 <= max_support <= n:
+                raise ValueError(f"max_support must lie in [1, N={n}], got {max_support}")
+        elif n * n * 12 > _DENSE_LIMIT_BYTES:
+            raise ValueError(
+                f"a dense table for N={n} needs {n * n * 12 / 2**30:.1f} GiB; "
+                "pass max_support=M (e.g. 256) to keep only each row's top M entries"
+            )
+        if chunk_size is not None:
+            _check_count(chunk_size, "chunk_size")
+            if chunk_size < 1:
+                raise ValueError("chunk_size must be >= 1")
+        fingerprint = data_fingerprint(data)
+        x = data.to(device) if device is not None else data
+        indices, log_probs, log_norm = build_table(
+            x.detach(), kernel, max_support=max_support, chunk_size=chunk_size, progress=progress
+        )
+        return cls(
+            indices,
+            log_probs,
+            n,
+            log_normalizer=log_norm,
+            fingerprint=fingerprint,
+            config={**kernel.config(), "max_support": max_support},
+        )
+
+    @classmethod
+    def uniform(cls, num_categories: int, device: torch.device | str | None = None) -> PosteriorTable:
+        """The "MAPA-naive" ablation: :math:`q(c_n = i) = 1/N` for every row.
+
+        Stored as expanded views, so it costs ``O(N)`` memory whatever ``N``.
+        """
+        n = _check_count(num_categories, "num_categories")
+        if n < 1:
+            raise ValueError("num_categories must be >= 1")
+        idx = torch.arange(n, device=device).expand(n, n)
+        lp = torch.full((1, 1), -math.log(n), device=device).expand(n, n)
+        return cls(idx, lp, n, config={"kernel": "uniform"})
+
+    @classmethod
+    def from_log_probs(cls, log_probs: Tensor, max_support: int | None = None) -> PosteriorTable:
+        """A table from an explicit ``(R, N)`` matrix of (unnormalized) log-probabilities.
+
+        Rows are normalized here. Used for "MAPA-GT" (Eq. 7 under a known decoder).
+        """
+        if not isinstance(log_probs, Tensor) or log_probs.dim() != 2:
+            raise ValueError("log_probs must be a (R, N) tensor of log-probabilities")
+        if torch.isnan(log_probs).any() or (log_probs == math.inf).any():
+            raise ValueError("log_probs contains NaN or +inf")
+        lz = torch.logsumexp(log_probs, dim=1, keepdim=True)
+        if not bool(torch.isfinite(lz).all()):
+            raise ValueError("every row of log_probs needs at least one finite entry")
+        n = log_probs.shape[1]
+        m = n if max_support is None else max_support
+        lp = log_probs - lz
+        if m == n:
+            vals, idx = torch.sort(lp, dim=1, descending=True, stable=True)
+        else:
+            vals, idx = torch.topk(lp, m, dim=1)
+        return cls(idx, vals, n, log_normalizer=lz.squeeze(1), config={"kernel": "explicit"})
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_rows(self) -> int:
+        return self.indices.shape[0]
+
+    @property
+    def support_size(self) -> int:
+        """``M``, the number of entries kept per row."""
+        return self.indices.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_probs.device
+
+    def _rows(self, rows: Tensor | None) -> Tensor | slice:
+        if rows is None:
+            return slice(None)
+        return rows.to(self.indices.device)
+
+    def rows(self, rows: Tensor | None = None) -> TableRows:
+        """The whole sorted support of the given rows."""
+        r = self._rows(rows)
+        return TableRows(self.indices[r], self.log_probs[r])
+
+    def top_k(self, rows: Tensor | None, k: int) -> TableRows:
+        """The ``k`` most probable indices of each row and their log-probabilities, ``(B, k)``."""
+        k = _check_count(k, "k (num_top)")
+        self._check_k(k)
+        r = self._rows(rows)
+        return TableRows(self.indices[r, :k], self.log_probs[r, :k])
+
+    def _check_k(self, k: int) -> None:
+        if k > self.support_size:
+            if self.support_size < self.num_categories:
+                fix = f"rebuild the table with max_support >= {k} or lower num_top"
+            else:
+                fix = f"num_top can be at most N={self.num_categories}"
+            raise ValueError(f"num_top={k} exceeds the table's support of {self.support_size}; {fix}")
+
+    def remainder_log_mass(self, k: int) -> Tensor:
+        """``(R,)`` log of each row's probability mass outside its top ``k`` (cached per ``k``)."""
+        if k not in self._remainder_mass:
+            chunk = _default_chunk_size(self.support_size)
+            self._remainder_mass[k] = torch.cat(
+                [
+                    torch.logsumexp(self.log_probs[i : i + chunk, k:], dim=1)
+                    for i in range(0, self.num_rows, chunk)
+                ]
+            )
+        return self._remainder_mass[k]
+
+    def remainder(self, rows: Tensor | None, k: int) -> TableRows:
+        """The remainder after the top ``k``: indices and the renormalized :math:`\\log\\tilde q`."""
+        k = _check_count(k, "k (num_top)")
+        self._check_k(k)
+        r = self._rows(rows)
+        mass = self.remainder_log_mass(k)[r]
+        return TableRows(self.indices[r, k:], remainder_log_probs(self.log_probs[r], k, mass))
+
+    def sample_remainder(
+        self,
+        rows: Tensor | None,
+        k: int,
+        s: int,
+        generator: torch.Generator | None = None,
+    ) -> TableRows:
+        """Draws ``s`` indices per row from the remainder :math:`\\tilde q_n`, with replacement.
+
+        Returns:
+            ``(indices, log_q_remainder)``, both ``(B, s)``; ``(B, 0)`` when ``s = 0``
+            or when the top ``k`` already cover the row's support (nothing to sample).
+        """
+        s = _check_count(s, "s (num_samples)")
+        rest = self.remainder(rows, k)
+        b, width = rest.indices.shape
+        if s == 0 or width == 0:
+            empty = rest.indices.new_empty((b, 0))
+            return TableRows(empty, rest.log_probs.new_empty((b, 0)))
+        pos = torch.multinomial(rest.log_probs.exp(), s, replacement=True, generator=generator)
+        return TableRows(rest.indices.gather(1, pos), rest.log_probs.gather(1, pos))
+
+    def check_data(self, data: Tensor) -> None:
+        """Raises :class:`ValueError` if the table was built on other data than ``data``."""
+        if self.fingerprint is None:
+            return
+        if data_fingerprint(data) != self.fingerprint:
+            raise ValueError(
+                "the PosteriorTable was built on different data (fingerprint mismatch); "
+                "rebuild it with PosteriorTable.from_data(data, kernel)"
+            )
+
+    def to(self, device: torch.device | str) -> PosteriorTable:
+        """A copy of the table on ``device``."""
+        lz = None if self.log_normalizer is None else self.log_normalizer.to(device)
+        return PosteriorTable(
+            self.indices.to(device),
+            self.log_probs.to(device),
+            self.num_categories,
+            lz,
+            self.fingerprint,
+            self.config,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"PosteriorTable(rows={self.num_rows}, num_categories={self.num_categories}, "
+            f"support={self.support_size}, config={self.config})"
+        )
+
+    # ------------------------------------------------------------------ files
+    def _payload_tensors(self) -> dict[str, Tensor]:
+        out = {
+            "indices": self.indices.detach().cpu().contiguous(),
+            "log_probs": self.log_probs.detach().cpu().contiguous(),
+        }
+        if self.log_normalizer is not None:
+            out["log_normalizer"] = self.log_normalizer.detach().cpu().contiguous()
+        return out
+
+    @staticmethod
+    def _checksum(tensors: dict[str, Tensor]) -> str:
+        h = hashlib.sha256()
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].numpy().tobytes())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the table atomically (temporary file, then rename) in a tensor-only format.
+
+        The file holds a format version, the kernel settings, the data fingerprint
+        and a checksum of the tensors; :meth:`load` reads it with
+        ``torch.load(weights_only=True)``, so no code is ever unpickled.
+        """
+        path = Path(path)
+        tensors = self._payload_tensors()
+        meta = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "num_categories": self.num_categories,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "checksum": self._checksum(tensors),
+        }
+        payload = {"meta": json.dumps(meta), **tensors}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, map_location: torch.device | str | None = None
+    ) -> PosteriorTable:
+        """Reads a table written by :meth:`save`; a truncated or altered file raises ``ValueError``."""
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            meta = json.loads(payload["meta"])
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # torch raises several types for damaged files
+            raise ValueError(f"could not read a PosteriorTable from {path!s}: {e}") from e
+        if meta.get("format") != FORMAT_NAME:
+            raise ValueError(f"{path!s} is not a pyro_mapa PosteriorTable file")
+        if meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path!s} has table format version {meta.get('version')}, this pyro_mapa reads "
+                f"version {FORMAT_VERSION}; rebuild the table with PosteriorTable.from_data"
+            )
+        tensors = {k: v for k, v in payload.items() if k != "meta"}
+        if cls._checksum(tensors) != meta.get("checksum"):
+            raise ValueError(f"{path!s} is damaged or was altered (checksum mismatch); rebuild it")
+        table = cls(
+            tensors["indices"],
+            tensors["log_probs"],
+            meta["num_categories"],
+            tensors.get("log_normalizer"),
+            meta.get("fingerprint"),
+            meta.get("config"),
+        )
+        return table.to(map_location) if map_location is not None else table

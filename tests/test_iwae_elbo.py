@@ -1,0 +1,167 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import torch.nn.functional as F
+from pyro.infer import RenyiELBO
+from torch import nn
+
+from pyro_mapa import MeanFieldGuide, NormalLikelihood, TraceIWAE_ELBO, VAEModel
+
+N, SIGMA = 50, 0.5
+A = torch.tensor([[1.5], [-0.7]])
+B = torch.tensor([0.3, -0.2])
+
+
+def linear_gaussian():
+    """z ~ N(0,1), x ~ N(A z + B, σ² I): the marginal is N(B, A Aᵀ + σ² I) in closed form."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(N, 1, generator=g)
+    x = z @ A.T + B + SIGMA * torch.randn(N, 2, generator=g)
+    dec = nn.Linear(1, 2)
+    with torch.no_grad():
+        dec.weight.copy_(A)
+        dec.bias.copy_(B)
+    model = VAEModel(dec, x, 1, NormalLikelihood(SIGMA))
+    exact = dist.MultivariateNormal(B, A @ A.T + SIGMA**2 * torch.eye(2)).log_prob(x)
+    return model, x, exact
+
+
+def exact_posterior_guide(x):
+    """The true posterior N(m(x), v) written as a MeanFieldGuide with a linear encoder."""
+    prec = 1 + float((A**2).sum()) / SIGMA**2
+    v = 1 / prec
+    enc = nn.Linear(2, 2)
+    raw_scale = math.log(math.expm1(math.sqrt(v) - 1e-5))
+    with torch.no_grad():
+        enc.weight.zero_()
+        enc.weight[0] = v * A[:, 0] / SIGMA**2
+        enc.bias.copy_(torch.tensor([-v * float(A[:, 0] @ B) / SIGMA**2, raw_scale]))
+    return MeanFieldGuide(enc, x, 1)
+
+
+def poor_guide(x):
+    enc = nn.Linear(2, 2)
+    with torch.no_grad():
+        enc.weight.zero_()
+        enc.bias.copy_(torch.tensor([0.0, 2.0]))  # q(z|x) = N(0, 2.1²) whatever x
+    return MeanFieldGuide(enc, x, 1)
+
+
+def mean_and_se(elbo, model, guide, draws=400, batch_size=1):
+    vals = torch.tensor(
+        [-elbo.loss(model, guide, torch.randperm(N)[:batch_size]) for _ in range(draws)], dtype=torch.float64
+    )
+    return float(vals.mean()), float(vals.std() / math.sqrt(draws))
+
+
+@pytest.mark.parametrize("num_particles", [1, 5])
+def test_exact_with_true_posterior_guide_on_every_minibatch(num_particles):
+    model, x, exact = linear_gaussian()
+    guide = exact_posterior_guide(x)
+    elbo = TraceIWAE_ELBO(num_particles)
+    for batch in (torch.arange(N), torch.tensor([3, 7, 11]), torch.arange(10, 17)):
+        expected = N / len(batch) * float(exact[batch].sum())
+        assert -elbo.loss(model, guide, batch) == pytest.approx(expected, rel=1e-4)
+
+
+def test_minibatch_bound_tightens_with_particles():
+    model, x, exact = linear_gaussian()
+    guide = poor_guide(x)
+    exact_total = float(exact.sum())
+    results = [mean_and_se(TraceIWAE_ELBO(p), model, guide) for p in (1, 10, 300)]
+    for mean, se in results:
+        assert mean <= exact_total + 3 * se
+    means = [m for m, _ in results]
+    assert means[0] < means[1] < means[2]
+    assert exact_total - means[2] < 0.05 * (exact_total - means[0])
+
+
+def test_renyi_alpha0_is_not_a_bound_under_minibatching():
+    """Why TraceIWAE_ELBO exists: RenyiELBO scales inside the logsumexp (pyro #2220, #3104)."""
+    model, x, exact = linear_gaussian()
+    guide = poor_guide(x)
+    renyi = RenyiELBO(alpha=0, num_particles=100, vectorize_particles=True, max_plate_nesting=1)
+    mean, se = mean_and_se(renyi, model, guide)
+    assert mean > float(exact.sum()) + 5 * se, "RenyiELBO's subsampled estimate exceeds log p(X)"
+    ours, ours_se = mean_and_se(TraceIWAE_ELBO(100), model, guide)
+    assert ours <= float(exact.sum()) + 3 * ours_se
+
+
+def grads(elbo, model, guide, batch, seed):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    model.zero_grad()
+    guide.zero_grad()
+    elbo.loss_and_grads(model, guide, batch)
+    return (
+        torch.cat([p.grad.reshape(-1) for p in model.decoder.parameters()]),
+        torch.cat([p.grad.reshape(-1) for p in guide.encoder.parameters()]),
+    )
+
+
+def test_dreg_gradients():
+    model, x, exact = linear_gaussian()
+    guide = poor_guide(x)
+    with torch.no_grad():  # an encoder that depends on x, so every weight gets a gradient
+        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    batch = torch.arange(8)
+    plain, dreg = TraceIWAE_ELBO(10), TraceIWAE_ELBO(10, dreg=True)
+    dec_p, enc_p, dec_d, enc_d = [], [], [], []
+    for seed in range(300):
+        a, b = grads(plain, model, guide, batch, seed)
+        c, d = grads(dreg, model, guide, batch, seed)
+        dec_p.append(a), enc_p.append(b), dec_d.append(c), enc_d.append(d)
+        # Same seed, same draws: the model gradient is the plain IWAE gradient exactly.
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    enc_p, enc_d = torch.stack(enc_p), torch.stack(enc_d)
+    # Both encoder gradients are unbiased for the same quantity ...
+    se = (enc_p.var(0) / len(enc_p) + enc_d.var(0) / len(enc_d)).sqrt()
+    assert ((enc_p.mean(0) - enc_d.mean(0)).abs() < 4 * se + 1e-3).all()
+    # ... and DReG has the smaller variance.
+    assert enc_d.var(0).sum() < enc_p.var(0).sum()
+
+
+def test_svi_with_iwae_lowers_loss():
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    model, x, exact = linear_gaussian()
+    guide = poor_guide(x)
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), TraceIWAE_ELBO(5, dreg=True))
+    losses = [svi.step(b) for _ in range(40) for b in torch.randperm(N).split(10)]
+    assert sum(losses[-20:]) < sum(losses[:20])
+
+
+def test_global_latent_and_non_reparameterized_sites_are_errors():
+    x = torch.randn(10, 2)
+
+    def model_global(batch=None):
+        g = pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10, subsample=batch) as idx:
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal((z + g).unsqueeze(-1) * torch.ones(2), 1.0).to_event(1), obs=x[idx])
+
+    def guide_global(batch=None):
+        pyro.sample("g", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10, subsample=batch):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="outside the data plate"):
+        TraceIWAE_ELBO(3, plate="data").loss(model_global, guide_global)
+
+    def model_discrete(batch=None):
+        with pyro.plate("data", 10, subsample=batch) as idx:
+            z = pyro.sample("z", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(z.unsqueeze(-1) * torch.ones(2), 1.0).to_event(1), obs=x[idx])
+
+    def guide_discrete(batch=None):
+        with pyro.plate("data", 10, subsample=batch):
+            pyro.sample("z", dist.Bernoulli(0.3))
+
+    with pytest.raises(ValueError, match="not reparameterizable"):
+        TraceIWAE_ELBO(3).loss(model_discrete, guide_discrete)
+    with pytest.raises(ValueError, match="num_particles"):
+        TraceIWAE_ELBO(0)

@@ -1,0 +1,259 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer import SVI, Trace_ELBO
+from pyro.optim import Adam
+
+from conftest import make_empiricalized
+from pyro_mapa import (
+    GaussianKernel,
+    MAPAGuide,
+    NonFiniteLossError,
+    PosteriorTable,
+    TraceMAPA_ELBO,
+    empirical_log_likelihood,
+)
+
+
+def mapa_setup(n=12, bandwidth=0.5, seed=0):
+    model, x, lik = make_empiricalized(n=n, seed=seed)
+    table = PosteriorTable.from_data(x, GaussianKernel(bandwidth))
+    return model, MAPAGuide(table, "c", "data"), x, lik
+
+
+def exact_lml(model, lik):
+    return float(empirical_log_likelihood(model.codebook, lik).sum())
+
+
+def bound(model, guide, k, s, batch=None):
+    return -TraceMAPA_ELBO(k, s).loss(model, guide, batch)
+
+
+def test_num_top_n_is_exact_full_batch():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    assert bound(model, guide, n, 0) == pytest.approx(exact_lml(model, lik), rel=1e-6)
+    # S is irrelevant when K = N: there is no remainder.
+    assert bound(model, guide, n, 7) == pytest.approx(exact_lml(model, lik), rel=1e-6)
+
+
+def test_num_top_n_is_exact_averaged_over_minibatches():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    perm = torch.randperm(n)
+    batches = [perm[:5], perm[5:9], perm[9:]]  # sizes that do not divide N
+    # Each minibatch estimate is scaled by N/|B|; weighting by |B|/N recovers the total.
+    total = sum(len(b) / n * bound(model, guide, n, 0, b) for b in batches)
+    assert total == pytest.approx(exact_lml(model, lik), rel=1e-6)
+    # And each scaled minibatch equals N/|B| times the exact sum over its points.
+    per_point = empirical_log_likelihood(model.codebook, lik)
+    for b in batches:
+        assert bound(model, guide, n, 0, b) == pytest.approx(n / len(b) * float(per_point[b].sum()), rel=1e-6)
+
+
+def test_top1_is_autoencoder_objective_minus_n_log_n():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    cb = model.codebook
+    recon = float(lik(cb.decoder(cb.encoder(x))).log_prob(x).sum())
+    assert bound(model, guide, 1, 0) == pytest.approx(recon - n * math.log(n), rel=1e-6)
+
+
+def test_bound_increases_with_k_when_s_is_zero():
+    model, guide, x, lik = mapa_setup()
+    values = [bound(model, guide, k, 0) for k in range(1, len(x) + 1)]
+    assert all(b >= a - 1e-4 for a, b in zip(values, values[1:]))
+    assert values[-1] == pytest.approx(exact_lml(model, lik), rel=1e-6)
+
+
+def test_sampled_bound_between_s0_bound_and_exact():
+    model, guide, x, lik = mapa_setup(bandwidth=1.0)
+    k, s, draws = 2, 3, 400
+    elbo = TraceMAPA_ELBO(k, s)
+    vals = torch.tensor([-elbo.loss(model, guide) for _ in range(draws)])
+    lower = bound(model, guide, k, 0)
+    exact = exact_lml(model, lik)
+    se = float(vals.std() / math.sqrt(draws))
+    # Every draw adds a non-negative term inside the log, so each is >= the S=0 bound.
+    assert (vals >= lower - 1e-4).all()
+    assert float(vals.mean()) <= exact + 3 * se
+    assert float(vals.mean()) > lower + 1.0, "sampling the remainder must tighten the bound here"
+
+
+def test_inner_estimate_is_unbiased_per_point():
+    """exp(L_n) is an unbiased estimate of p(x_n): the log q̃ and log S corrections are right."""
+    model, guide, x, lik = mapa_setup(bandwidth=2.0)
+    n, k, s, draws = len(x), 1, 2, 3000
+    point = torch.tensor([3])
+    elbo = TraceMAPA_ELBO(k, s)
+    # With a batch of one point the estimate is N · L_n.
+    inner = torch.tensor([math.exp(-elbo.loss(model, guide, point) / n) for _ in range(draws)])
+    exact = float(empirical_log_likelihood(model.codebook, lik)[3].exp())
+    se = float(inner.std() / math.sqrt(draws))
+    assert abs(float(inner.mean()) - exact) < 4 * se + 1e-9
+
+
+def test_gradients_equal_exact_objective_at_k_equals_n():
+    model, guide, x, lik = mapa_setup()
+    params = list(model.codebook.parameters())
+    loss = TraceMAPA_ELBO(len(x), 0).differentiable_loss(model, guide)
+    grads = torch.autograd.grad(loss, params)
+    exact = -empirical_log_likelihood(model.codebook, lik).sum()
+    exact_grads = torch.autograd.grad(exact, params)
+    for g, e in zip(grads, exact_grads):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_and_grads_matches_differentiable_loss():
+    model, guide, x, lik = mapa_setup()
+    elbo = TraceMAPA_ELBO(4, 0)
+    pyro.set_rng_seed(3)
+    value = elbo.loss_and_grads(model, guide)
+    grads = [p.grad.clone() for p in model.codebook.parameters()]
+    model.codebook.zero_grad()
+    loss = elbo.differentiable_loss(model, guide)
+    assert value == pytest.approx(float(loss), rel=1e-6)
+    for g, e in zip(grads, torch.autograd.grad(loss, list(model.codebook.parameters()))):
+        torch.testing.assert_close(g, e)
+
+
+def test_elbo_module_call():
+    model, guide, x, lik = mapa_setup()
+    module = TraceMAPA_ELBO(len(x))(model, guide)
+    assert float(module()) == pytest.approx(-exact_lml(model, lik), rel=1e-6)
+
+
+def test_globals_counted_once_and_nested_plates():
+    """A global observed site is added once; an inner plate over coordinates is summed per point."""
+    _, x, lik = make_empiricalized()
+    base, _, _ = make_empiricalized()
+    cb = base.codebook
+    n = len(x)
+
+    def model(batch_idx=None):
+        pyro.module("codebook", cb)
+        pyro.sample("g", dist.Normal(0.0, 1.0), obs=torch.tensor(0.5))
+        with pyro.plate("data", n, subsample=batch_idx, dim=-2) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+            with pyro.plate("coords", 2, dim=-1):
+                # c has shape (..., B, 1) here: the code axis is the coords plate.
+                pyro.sample("x", dist.Normal(cb(c.squeeze(-1)), lik.sigma), obs=x[idx])
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    value = -TraceMAPA_ELBO(n).loss(model, guide)
+    expected = exact_lml(base, lik) + float(dist.Normal(0.0, 1.0).log_prob(torch.tensor(0.5)))
+    assert value == pytest.approx(expected, rel=1e-6)
+
+
+def test_subsample_size_inside_model():
+    """A model that draws its own minibatch (subsample_size) is evaluated on that same minibatch."""
+    base, x, lik = make_empiricalized()
+    n = len(x)
+
+    def model():
+        pyro.module("codebook", base.codebook)
+        with pyro.plate("data", n, subsample_size=5) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+            pyro.sample("x", lik(base.codebook(c)), obs=x[idx])
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    values = [-TraceMAPA_ELBO(n).loss(model, guide) for _ in range(300)]
+    # Unbiased for the exact LML: the mean of the scaled minibatch estimates converges to it.
+    se = torch.tensor(values).std().item() / math.sqrt(len(values))
+    assert abs(sum(values) / len(values) - exact_lml(base, lik)) < 4 * se
+
+
+def test_underflowed_remainder_gives_finite_bound():
+    model, _, x, lik = mapa_setup()
+    n = len(x)
+    # A table that puts all mass on each point's own index: the remainder underflows.
+    log_q = torch.full((n, n), -math.inf)
+    log_q.fill_diagonal_(0.0)
+    guide = MAPAGuide(PosteriorTable.from_log_probs(log_q), "c", "data")
+    val = bound(model, guide, 1, 4)
+    assert math.isfinite(val)
+    assert val >= bound(model, guide, 1, 0) - 1e-4
+
+
+def test_k_plus_s_larger_than_n_is_fine_and_k_above_n_is_an_error():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    assert bound(model, guide, n - 1, n + 5) <= exact_lml(model, lik) + 1e-3
+    with pytest.raises(ValueError, match="num_top"):
+        bound(model, guide, n + 1, 0)
+
+
+def test_trace_elbo_with_mapa_guide_is_a_lower_bound():
+    """MAPAGuide is an ordinary Pyro guide: Trace_ELBO with it is the K=0, S=1 estimator."""
+    model, guide, x, lik = mapa_setup(bandwidth=1.0)
+    g = MAPAGuide(guide.table, "c", "data", model=model)
+    batch = torch.arange(4)
+    vals = torch.tensor([-Trace_ELBO().loss(model, g, batch) for _ in range(200)])
+    exact_batch = len(x) / 4 * float(empirical_log_likelihood(model.codebook, lik)[batch].sum())
+    assert float(vals.mean()) <= exact_batch
+    assert torch.isfinite(vals).all()
+
+
+def test_nan_loss_is_a_clear_error():
+    """With validation off (Pyro's fast path), a NaN decoder still stops with our error, not a NaN loss."""
+    pyro.enable_validation(False)
+    model, guide, x, lik = mapa_setup()
+    with torch.no_grad():
+        next(model.codebook.decoder.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="likelihood"):
+        TraceMAPA_ELBO(2, 2).loss(model, guide)
+
+
+@pytest.mark.parametrize("k, s, match", [(-1, 0, "num_top"), (1, -2, "num_samples"), (0, 0, "num_top \\+ num_samples")])
+def test_bad_k_s(k, s, match):
+    with pytest.raises(ValueError, match=match):
+        TraceMAPA_ELBO(k, s)
+
+
+def test_k_s_types():
+    with pytest.raises(TypeError, match="num_top"):
+        TraceMAPA_ELBO(1.5)
+
+
+def test_guide_model_mismatches():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    with pytest.raises(ValueError, match="no sample site named 'z'"):
+        TraceMAPA_ELBO(1).loss(model, MAPAGuide(guide.table, "z", "data"))
+    with pytest.raises(ValueError, match="not inside a plate named 'batch'"):
+        TraceMAPA_ELBO(1).loss(model, MAPAGuide(guide.table, "c", "batch"))
+    other = PosteriorTable.from_data(torch.randn(n + 3, 2), GaussianKernel(1.0))
+    with pytest.raises(ValueError, match="categories"):
+        TraceMAPA_ELBO(1).loss(model, MAPAGuide(other, "c", "data"))
+    with pytest.raises(TypeError, match="MAPAGuide"):
+        TraceMAPA_ELBO(1).loss(model, lambda *a: None)
+
+
+def test_second_latent_site_is_an_error():
+    base, x, lik = make_empiricalized()
+    n = len(x)
+
+    def model(batch_idx=None):
+        with pyro.plate("data", n, subsample=batch_idx) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+            c2 = pyro.sample("c2", dist.Categorical(logits=torch.zeros(n)))
+            pyro.sample("x", lik(base.codebook(c) + base.codebook(c2)), obs=x[idx])
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    with pytest.raises(ValueError, match="latent sample site 'c2'"):
+        TraceMAPA_ELBO(1).loss(model, guide)
+
+
+def test_svi_with_mapa_lowers_loss():
+    model, guide, x, lik = mapa_setup(n=40, bandwidth=0.3)
+    svi = SVI(model, guide, Adam({"lr": 1e-2}), loss=TraceMAPA_ELBO(3, 3))
+    before = exact_lml(model, lik)
+    losses = []
+    for _ in range(30):
+        for b in torch.randperm(40).split(10):
+            losses.append(svi.step(b))
+    assert exact_lml(model, lik) > before + 5.0
+    assert sum(losses[-8:]) < sum(losses[:8])
