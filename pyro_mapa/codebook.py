@@ -64,7 +64,7 @@ class AmortizedCodebook(nn.Module):
         # torch.unique syncs with the host on CUDA (its output size depends on data);
         # that one sync buys up to K+S times fewer network passes.
         unique, inverse = torch.unique(flat, return_inverse=True)
-        out = self.decoder(self.encoder(self.data[unique]))
+        out = self.decoder(self.encoder(self.data[unique.long()]))
         self.encoder_passes += unique.shape[0]
         self.decoder_passes += unique.shape[0]
         return out[inverse].reshape(index.shape + out.shape[1:])

@@ -9,6 +9,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
@@ -114,16 +115,6 @@ class TraceMAPA_ELBO(ELBO):
         ).T
         return values, correction
 
-    def _forced_model(self, model: Callable, guide: MAPAGuide, values: Tensor, subsample: Tensor, dim: int):
-        """The model with the index site forced to ``values`` inside an outermost particle plate."""
-        num_particles, batch = values.shape
-        particle_dim = -(self.max_plate_nesting + 1)
-        between, after = (1,) * (self.max_plate_nesting + dim), (1,) * (-dim - 1)
-        shaped = values.reshape((num_particles,) + between + (batch,) + after)
-        data = {guide.site: shaped, guide.plate: subsample}
-        plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=particle_dim)
-        return plate(poutine.condition(model, data=data))
-
     def _guess_nesting(self, model, guide, info, args, kwargs) -> None:
         """Sets ``max_plate_nesting`` from one unvectorized run of the model."""
         values, _ = self._index_values(guide, info.subsample.to(guide.table.device))
@@ -140,21 +131,26 @@ class TraceMAPA_ELBO(ELBO):
         self.max_plate_nesting = -min(dims) if dims else 1
 
     def _run(self, model, guide, args, kwargs):
+        """One vectorized run of the model with the index site forced (a single model pass)."""
         guide = self._check_guide(guide)
-        info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
-        guide.check_model_site(info.site, info.plate_size)
         if self.max_plate_nesting == float("inf"):
+            info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
+            guide.check_model_site(info.site, info.plate_size)
             self._guess_nesting(model, guide, info, args, kwargs)
-        rows = info.subsample.to(guide.table.device)
-        values, correction = self._index_values(guide, rows)
-        values = values.to(info.subsample.device)
-        forced = self._forced_model(model, guide, values, info.subsample, info.plate_dim)
-        trace = poutine.trace(forced).get_trace(*args, **kwargs)
-        return guide, info, trace, values, correction
+        table = guide.table
+        num_particles = self.num_top + (self.num_samples if self.num_top < table.support_size else 0)
+        forcing = _ForceIndex(self, guide)
+        plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
+        trace = poutine.trace(plate(forcing(model))).get_trace(*args, **kwargs)
+        if forcing.values is None:
+            # Reuse the peek for its precise error (no such site / not in the plate).
+            peek_index_site(model, guide.site, guide.plate, args, kwargs)
+            raise ValueError(f"the model never reached its index site {guide.site!r}")
+        return guide, trace, forcing.values, forcing.correction
 
     def _estimate(self, model, guide, args, kwargs) -> tuple[Tensor, dict[str, Tensor]]:
         """The bound's estimate (a differentiable scalar) and its parts, for diagnostics."""
-        guide, info, trace, values, correction = self._run(model, guide, args, kwargs)
+        guide, trace, values, correction = self._run(model, guide, args, kwargs)
         num_particles, batch = values.shape
         particle_dim = -(self.max_plate_nesting + 1)
         point_lp = torch.zeros(num_particles, batch, device=correction.device)
@@ -218,10 +214,11 @@ class TraceMAPA_ELBO(ELBO):
     # ------------------------------------------------------------------ ELBO API
     def _get_trace(self, model, guide, args, kwargs):
         """The vectorized model trace (index forced to the ``K+S`` values) and a guide trace."""
-        guide, info, model_trace, _, _ = self._run(model, guide, args, kwargs)
+        guide, model_trace, _, _ = self._run(model, guide, args, kwargs)
+        subsample = model_trace.nodes[guide.plate]["value"]
         with poutine.block():
             guide_trace = poutine.trace(
-                poutine.condition(guide, data={guide.plate: info.subsample})
+                poutine.condition(guide, data={guide.plate: subsample})
             ).get_trace(*args, **kwargs)
         return model_trace, guide_trace
 
@@ -243,6 +240,46 @@ class TraceMAPA_ELBO(ELBO):
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
         return float(loss.detach())
+
+
+class _ForceIndex(Messenger):
+    """Forces the index site to the ``K + S`` table values for the model's own minibatch.
+
+    The data plate's subsample site comes before the index site, so its value (the
+    model's minibatch, however the model chose it) is known when the index site is
+    reached; the values are then read from the table and the site is marked
+    observed, so its log-probability (the index prior, e.g. ``-log N``) is counted.
+    """
+
+    def __init__(self, elbo: TraceMAPA_ELBO, guide: MAPAGuide) -> None:
+        super().__init__()
+        self.elbo = elbo
+        self.guide = guide
+        self.subsample: Tensor | None = None
+        self.values: Tensor | None = None
+        self.correction: Tensor | None = None
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] == self.guide.plate and site_is_subsample(msg):
+            self.subsample = msg["value"]
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] != self.guide.site:
+            return
+        frame = plate_frame(msg, self.guide.plate)
+        if frame is None or self.subsample is None:
+            return  # left unforced: _run reports the precise error
+        full = frame.full_size if frame.full_size is not None else frame.size
+        self.guide.check_model_site(msg, int(full))
+        rows = self.subsample.to(self.guide.table.device)
+        values, correction = self.elbo._index_values(self.guide, rows)
+        values = values.to(self.subsample.device)
+        num_particles, batch = values.shape
+        nesting, dim = self.elbo.max_plate_nesting, frame.dim
+        between, after = (1,) * (nesting + dim), (1,) * (-dim - 1)
+        msg["value"] = values.reshape((num_particles,) + between + (batch,) + after)
+        msg["is_observed"] = True
+        self.values, self.correction = values, correction
 
 
 def _same_scale(a, b) -> bool:

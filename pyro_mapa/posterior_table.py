@@ -193,7 +193,7 @@ class PosteriorTable:
         self.log_normalizer = log_normalizer
         self.fingerprint = fingerprint
         self.config = dict(config or {})
-        self._remainder_mass: dict[int, Tensor] = {}
+        self._log_suffix: Tensor | None = None  # built lazily by log_suffix_mass()
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -323,17 +323,34 @@ class PosteriorTable:
                 fix = f"num_top can be at most N={self.num_categories}"
             raise ValueError(f"num_top={k} exceeds the table's support of {self.support_size}; {fix}")
 
+    def log_suffix_mass(self) -> Tensor:
+        """``(R, M)`` log of each row's mass from position ``j`` on: ``logsumexp(log_probs[:, j:])``.
+
+        Built once (in row chunks, summing from the small end so the tail keeps its
+        relative precision) and reused by every remainder draw. The uniform table
+        keeps it as an expanded view.
+        """
+        if self._log_suffix is None:
+            if self.config.get("kernel") == "uniform" and self.log_probs.stride(0) == 0:
+                n = self.num_categories
+                j = torch.arange(n, device=self.device, dtype=self.log_probs.dtype)
+                self._log_suffix = (torch.log(n - j) - math.log(n)).expand(self.num_rows, n)
+            else:
+                chunk = _default_chunk_size(self.support_size)
+                self._log_suffix = torch.cat(
+                    [
+                        torch.logcumsumexp(self.log_probs[i : i + chunk].flip(1), dim=1).flip(1)
+                        for i in range(0, self.num_rows, chunk)
+                    ]
+                )
+        return self._log_suffix
+
     def remainder_log_mass(self, k: int) -> Tensor:
-        """``(R,)`` log of each row's probability mass outside its top ``k`` (cached per ``k``)."""
-        if k not in self._remainder_mass:
-            chunk = _default_chunk_size(self.support_size)
-            self._remainder_mass[k] = torch.cat(
-                [
-                    torch.logsumexp(self.log_probs[i : i + chunk, k:], dim=1)
-                    for i in range(0, self.num_rows, chunk)
-                ]
-            )
-        return self._remainder_mass[k]
+        """``(R,)`` log of each row's probability mass outside its top ``k``."""
+        self._check_k(k)
+        if k == self.support_size:
+            return self.log_probs.new_full((self.num_rows,), -math.inf)
+        return self.log_suffix_mass()[:, k]
 
     def remainder(self, rows: Tensor | None, k: int) -> TableRows:
         """The remainder after the top ``k``: indices and the renormalized :math:`\\log\\tilde q`."""
@@ -357,13 +374,34 @@ class PosteriorTable:
             or when the top ``k`` already cover the row's support (nothing to sample).
         """
         s = _check_count(s, "s (num_samples)")
-        rest = self.remainder(rows, k)
-        b, width = rest.indices.shape
-        if s == 0 or width == 0:
-            empty = rest.indices.new_empty((b, 0))
-            return TableRows(empty, rest.log_probs.new_empty((b, 0)))
-        pos = torch.multinomial(rest.log_probs.exp(), s, replacement=True, generator=generator)
-        return TableRows(rest.indices.gather(1, pos), rest.log_probs.gather(1, pos))
+        k = _check_count(k, "k (num_top)")
+        self._check_k(k)
+        r = self._rows(rows)
+        if isinstance(r, slice):
+            r = torch.arange(self.num_rows, device=self.indices.device)
+        m = self.support_size
+        b = r.shape[0]
+        if s == 0 or k == m:
+            empty = self.indices.new_empty((b, 0))
+            return TableRows(empty, self.log_probs.new_empty((b, 0)))
+        # Inverse-CDF sampling on the suffix masses: draw log u ~ log_suffix[k] + log U(0, 1]
+        # and take the position j >= k with log_suffix[j+1] < log u <= log_suffix[j]; then
+        # P(j) = q_j / mass_k exactly, in log space, at O(B·S·log M) per call.
+        suffix = self.log_suffix_mass()[r]  # (B, M)
+        mass = suffix[:, k : k + 1]
+        uniform_u = 1.0 - torch.rand(b, s, generator=generator, device=self.device, dtype=suffix.dtype)
+        target = -(mass + uniform_u.log())  # searchsorted needs increasing rows: use -log_suffix
+        pos = torch.searchsorted(-suffix, target, right=True) - 1
+        pos = pos.clamp_(min=k, max=m - 1)
+        # A remainder whose mass underflowed to zero: a uniform proposal over it instead
+        # (any full-support proposal keeps the estimate unbiased; METHOD.md §5, fact 7).
+        # Decided per row on the device, without a host sync.
+        dead = ~torch.isfinite(mass)
+        upos = k + torch.randint(m - k, (b, s), generator=generator, device=self.device)
+        pos = torch.where(dead, upos, pos)
+        row = r.unsqueeze(1)
+        log_q = torch.where(dead, torch.full_like(target, -math.log(m - k)), self.log_probs[row, pos] - mass)
+        return TableRows(self.indices[row, pos], log_q)
 
     def check_data(self, data: Tensor) -> None:
         """Raises :class:`ValueError` if the table was built on other data than ``data``."""

@@ -57,7 +57,7 @@ class GaussianCopulaPrior:
         u0, u1 = uk[pos - 1], uk[pos]
         z0, z1 = zk[pos - 1], zk[pos]
         t = (flat - u0) / (u1 - u0)
-        return (z0 + t * (z1 - z0)).reshape(u.shape)
+        return torch.lerp(z0, z1, t).reshape(u.shape)  # exact at both knots
 
     def sample(self, sample_shape: torch.Size = torch.Size(), generator: torch.Generator | None = None) -> Tensor:
         """Draws codes ``T(u)``, ``u ~ N(0, 1)``, of shape ``sample_shape + (1,)``."""

@@ -1,0 +1,139 @@
+"""Per-step and per-epoch time of the compared objectives on figure-8 (batch 100, the small MLPs).
+
+Times one SVI step (forward, backward, Adam) of
+  - TraceMAPA_ELBO(K=5, S=5)       (pyro_mapa, EmpiricalizedModel + MAPAGuide)
+  - a plain-PyTorch MAPA step      (the same bound written without Pyro: the floor)
+  - TraceIWAE_ELBO(10)             (pyro_mapa, VAEModel + MeanFieldGuide)
+  - TraceIWAE_ELBO(10, dreg=True)
+  - RenyiELBO(alpha=0, 10)         (Pyro's IWAE, vectorized particles)
+  - Trace_ELBO                     (the VAE)
+all in one process, interleaved over repeats, reporting the median.
+
+Run:  python benchmarks/step_time.py [--repeats 5] [--steps 100] [--threads 2]
+Writes benchmarks/results/step_time.json and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.infer import SVI, RenyiELBO, Trace_ELBO
+from pyro.optim import Adam
+
+from pyro_mapa import TraceIWAE_ELBO
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
+
+
+class PlainMAPAStep:
+    """The MAPA bound in plain PyTorch: the floor a Pyro-level step is compared with."""
+
+    def __init__(self, setup, num_top: int, num_samples: int, lr: float = 1e-3) -> None:
+        self.cb = setup.model.codebook
+        self.table = setup.guide.table
+        self.sigma = setup.likelihood.sigma
+        self.k, self.s = num_top, num_samples
+        self.n = self.cb.num_codes
+        self.opt = torch.optim.Adam(self.cb.parameters(), lr=lr)
+
+    def __call__(self, batch: torch.Tensor) -> float:
+        top = self.table.top_k(batch, self.k)
+        rest = self.table.sample_remainder(batch, self.k, self.s)
+        idx = torch.cat([top.indices, rest.indices], 1)  # (B, K+S)
+        corr = torch.cat([torch.zeros_like(top.log_probs), rest.log_probs + math.log(self.s)], 1)
+        means = self.cb(idx)  # (B, K+S, D), unique rows only
+        x = self.cb.data[batch].unsqueeze(1)
+        ll = torch.distributions.Normal(means, self.sigma).log_prob(x).sum(-1)
+        per_point = torch.logsumexp(ll - math.log(self.n) - corr, dim=1)
+        loss = -(self.n / len(batch)) * per_point.sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return float(loss)
+
+
+def make_steppers(x, likelihood):
+    steppers = {}
+    pyro.clear_param_store()
+    mapa = build_method("MAPA", x, likelihood, num_top=5, num_samples=5)
+    steppers["TraceMAPA_ELBO(5, 5)"] = SVI(mapa.model, mapa.guide, Adam({"lr": 1e-3}), mapa.loss).step
+    floor = build_method("MAPA", x, likelihood, table=mapa.guide.table)
+    steppers["plain PyTorch MAPA(5, 5)"] = PlainMAPAStep(floor, 5, 5)
+    for name, loss in [
+        ("TraceIWAE_ELBO(10)", TraceIWAE_ELBO(10, max_plate_nesting=1)),
+        ("TraceIWAE_ELBO(10, dreg)", TraceIWAE_ELBO(10, dreg=True, max_plate_nesting=1)),
+        ("RenyiELBO(alpha=0, 10)", RenyiELBO(alpha=0, num_particles=10, vectorize_particles=True, max_plate_nesting=1)),
+        ("Trace_ELBO", Trace_ELBO(max_plate_nesting=1)),
+    ]:
+        setup = build_method("VAE", x, likelihood)
+        steppers[name] = SVI(setup.model, setup.guide, Adam({"lr": 1e-3}), loss).step
+    return steppers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "step_time.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    pyro.set_rng_seed(0)
+    ds = load_dataset("figure8", num_train=1000, num_valid=10, num_test=10)
+    x, n, batch = ds.train, 1000, 100
+    # Param names differ per model (codebook / encoder / decoder), but the four VAE
+    # models share names: give each its own param store by building them lazily.
+    steppers = make_steppers(x, ds.likelihood)
+    batches = [torch.randperm(n)[:batch] for _ in range(args.steps)]
+    for step in steppers.values():  # warm-up (plate-nesting guesses, caches, allocator)
+        for b in batches[:20]:
+            step(b)
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for _ in range(args.repeats):
+        for name, step in steppers.items():
+            start = time.perf_counter()
+            for b in batches:
+                step(b)
+            times[name].append((time.perf_counter() - start) / len(batches))
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    floor, renyi = ms["plain PyTorch MAPA(5, 5)"], ms["RenyiELBO(alpha=0, 10)"]
+    rows = []
+    for name, t in ms.items():
+        rows.append(
+            {
+                "objective": name,
+                "ms_per_step": round(t, 3),
+                "seconds_per_epoch": round(t * (n // batch) / 1e3, 4),
+                "vs_plain_mapa": round(t / floor, 2),
+                "vs_renyi": round(t / renyi, 2),
+            }
+        )
+    meta = {
+        "command": "python benchmarks/step_time.py " + f"--repeats {args.repeats} --steps {args.steps} --threads {args.threads}",
+        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "python": platform.python_version(),
+        "setting": "figure-8, N=1000, batch 100, MLPs 2x50 LeakyReLU, d=1, Adam 1e-3; median over repeats",
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"| objective | ms / step | s / epoch (10 steps) | vs plain MAPA | vs RenyiELBO |\n|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['objective']} | {r['ms_per_step']:.2f} | {r['seconds_per_epoch']:.3f} | "
+            f"{r['vs_plain_mapa']:.2f} | {r['vs_renyi']:.2f} |"
+        )
+    print(json.dumps(meta))
+
+
+if __name__ == "__main__":
+    main()
