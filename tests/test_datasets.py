@@ -206,3 +206,22 @@ def test_bad_sizes_raise(bad):
         load_dataset("circle", num_train=bad)
     with pytest.raises(ValueError):
         load_dataset("circle", num_test=bad)
+
+
+def test_surrogate_network_truth_tracks_the_formula():
+    """truth="network": a supervised MLP close to f, whose exact density is consistent with its own data."""
+    import torch
+
+    from pyro_mapa.datasets import fit_surrogate_decoder, load_dataset, true_decoder
+
+    torch.set_num_threads(1)
+    net = fit_surrogate_decoder("circle", steps=1500)
+    z = torch.linspace(-2.5, 2.5, 501).unsqueeze(-1)
+    err = (net(z) - true_decoder("circle")(z)).norm(dim=-1)
+    assert float(err.mean()) < 0.05  # the observation noise is 0.05
+    ds = load_dataset("circle", num_train=10, num_valid=10, num_test=500, seed=0, truth="network")
+    ref = load_dataset("circle", num_train=10, num_valid=10, num_test=500, seed=0)
+    assert not torch.equal(ds.test, ref.test)
+    assert abs(float(ds.true_log_prob(ds.test).mean()) - float(ref.true_log_prob(ref.test).mean())) < 0.2
+    with pytest.raises(ValueError, match="truth"):
+        load_dataset("circle", truth="gan")
