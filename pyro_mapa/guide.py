@@ -39,6 +39,8 @@ class MAPAGuide:
         plate: Name of the model's data plate.
         model: Optional model, used to find its minibatch.
         create_plates: Optional callable returning the data plate for the model's arguments.
+        data: Optional ``(N, D)`` data of the model: checked once against the table's
+            data fingerprint, so a table built on other data (a stale cache) is caught.
     """
 
     def __init__(
@@ -49,9 +51,12 @@ class MAPAGuide:
         *,
         model: Callable | None = None,
         create_plates: Callable | None = None,
+        data: Tensor | None = None,
     ) -> None:
         if not isinstance(table, PosteriorTable):
             raise TypeError(f"table must be a PosteriorTable, got {type(table).__name__}")
+        if data is not None:
+            table.check_data(data)
         if not isinstance(site, str) or not isinstance(plate, str):
             raise TypeError("site and plate must be the names (str) of the model's index site and data plate")
         self.table = table

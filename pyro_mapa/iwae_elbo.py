@@ -153,7 +153,7 @@ class TraceIWAE_ELBO(ELBO):
     def _check_finite(loss: Tensor, log_w: Tensor) -> None:
         if not bool(torch.isfinite(loss)):
             raise NonFiniteLossError(
-                f"the IWAE loss is {float(loss)}; "
+                f"the IWAE loss is {float(loss.detach())}; "
                 + ("log-weights are non-finite" if not bool(torch.isfinite(log_w).all()) else "globals are non-finite")
             )
 

@@ -116,9 +116,9 @@ class TraceMAPA_ELBO(ELBO):
         return values, correction
 
     def _guess_nesting(self, model, guide, info, args, kwargs) -> None:
-        """Sets ``max_plate_nesting`` from one unvectorized run of the model."""
-        values, _ = self._index_values(guide, info.subsample.to(guide.table.device))
-        data = {guide.site: values[0].to(info.subsample.device), guide.plate: info.subsample}
+        """Sets ``max_plate_nesting`` from one unvectorized run of the model (top-1 index, no RNG use)."""
+        top1 = guide.table.top_k(info.subsample.to(guide.table.device), 1).indices[:, 0]
+        data = {guide.site: top1.to(info.subsample.device), guide.plate: info.subsample}
         with poutine.block():
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
         dims = [
@@ -207,7 +207,7 @@ class TraceMAPA_ELBO(ELBO):
             else "every index of some point has zero likelihood (log-weights all -inf)"
         )
         raise NonFiniteLossError(
-            f"the MAPA loss is {float(loss)}; {detail}. Check the data and the decoder outputs "
+            f"the MAPA loss is {float(loss.detach())}; {detail}. Check the data and the decoder outputs "
             "(e.g. a likelihood scale that reached 0, or NaN parameters after a too large step)"
         )
 

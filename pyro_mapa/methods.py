@@ -158,6 +158,6 @@ def build_method(
             PosteriorTable.uniform(n) if name == "MAPA-naive" else PosteriorTable.from_data(data, likelihood.kernel())
         )
     model = EmpiricalizedModel(AmortizedCodebook(encoder, decoder, data), likelihood)
-    guide = MAPAGuide(table, site="c", plate="data")
+    guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data
     loss = TraceMAPA_ELBO(num_top, num_samples, max_plate_nesting=1)
     return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood)

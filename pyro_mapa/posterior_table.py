@@ -284,6 +284,42 @@ class PosteriorTable:
             vals, idx = torch.topk(lp, m, dim=1)
         return cls(idx, vals, n, log_normalizer=lz.squeeze(1), config={"kernel": "explicit"})
 
+    @classmethod
+    def cached(
+        cls,
+        data: Tensor,
+        kernel: ProximityKernel,
+        cache_dir: str | os.PathLike,
+        *,
+        max_support: int | None = None,
+        chunk_size: int | None = None,
+        device: torch.device | str | None = None,
+        progress: bool | None = None,
+    ) -> PosteriorTable:
+        """:meth:`from_data` through an on-disk cache keyed by data fingerprint and kernel settings.
+
+        The file name is a hash of the data fingerprint, the kernel's :meth:`config` and
+        ``max_support``; a hit is loaded (and verified), a miss is built and saved.
+        Safe for several processes at once: each writes a complete temporary file and
+        renames it atomically, so a reader sees either no file or a whole one, and two
+        writers of the same key write the same content. A damaged cache file is rebuilt.
+        """
+        fingerprint = data_fingerprint(data)
+        key = json.dumps({"data": fingerprint, "kernel": kernel.config(), "max_support": max_support},
+                         sort_keys=True)
+        path = Path(cache_dir) / f"mapa-table-{hashlib.sha256(key.encode()).hexdigest()[:32]}.pt"
+        if path.exists():
+            try:
+                table = cls.load(path, map_location=device)
+                if table.fingerprint == fingerprint:
+                    return table
+            except ValueError:
+                pass  # damaged or stale: rebuild below
+        table = cls.from_data(data, kernel, max_support=max_support, chunk_size=chunk_size,
+                              device=device, progress=progress)
+        table.save(path)
+        return table
+
     # ------------------------------------------------------------------ queries
     @property
     def num_rows(self) -> int:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import pyro
@@ -12,6 +13,9 @@ from pyro.infer import SVI
 from pyro.infer.elbo import ELBO
 from pyro.optim import Adam
 from tqdm.auto import tqdm
+
+from .checkpoint import get_rng_state, load_checkpoint, param_state, restore_params, save_checkpoint, set_rng_state
+from .mapa_elbo import NonFiniteLossError
 
 __all__ = ["FitResult", "fit", "network_pass_counts"]
 
@@ -78,6 +82,9 @@ def fit(
     progress: bool = True,
     desc: str = "train",
     callback: Callable[[int, float], bool | None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
 ) -> FitResult:
     """Trains ``model``/``guide`` with ``SVI(loss)`` and Adam on shuffled minibatches of ``range(num_points)``.
 
@@ -87,28 +94,80 @@ def fit(
     Arguments:
         callback: Called as ``callback(epoch, epoch_loss)`` after every epoch; return
             ``True`` to stop early (e.g. on a validation criterion).
+        checkpoint: A file to save the run to every ``checkpoint_every`` epochs (param
+            store, optimizer state, RNG states, epoch, losses; see
+            :mod:`pyro_mapa.checkpoint`).
+        resume: Continue from ``checkpoint`` if it exists: the resumed run takes exactly
+            the steps an uninterrupted run would (same minibatches, same draws).
+
+    Raises:
+        NonFiniteLossError: if a step's loss is NaN or infinite, naming the epoch and step.
     """
+    for name, value in (("num_points", num_points), ("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     pyro.set_rng_seed(seed)
-    svi = SVI(model, guide, Adam({"lr": lr}), loss=loss)
+    optim = Adam({"lr": lr})
+    svi = SVI(model, guide, optim, loss=loss)
     result = FitResult()
-    _reset(model, guide)
-    points = 0
+    points, start_epoch, elapsed_before = 0, 0, 0.0
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        state = load_checkpoint(checkpoint)
+        # Create the parameters (one evaluation, no update), then overwrite them in place.
+        loss.loss(model, guide, torch.arange(min(batch_size, num_points)))
+        restore_params(state["params"])
+        optim.set_state(state["optimizer"])
+        set_rng_state(state["rng"])
+        saved = state["result"]
+        result = FitResult(**{k: saved[k] for k in asdict(result)})
+        points, start_epoch, elapsed_before = state["points"], state["epoch"], state["elapsed"]
+        _set_counts(state["pass_counts"], model, guide)
+    else:
+        _reset(model, guide)
     start = time.perf_counter()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         total = 0.0
         batches = torch.randperm(num_points).split(batch_size)
-        for batch in batches:
-            total += svi.step(batch)  # an estimate of the full-data loss
+        for step, batch in enumerate(batches):
+            try:
+                total += svi.step(batch)  # an estimate of the full-data loss
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"epoch {epoch}, step {step} (gradient step {result.steps}): {e}") from e
             points += len(batch)
             result.steps += 1
         result.epoch_losses.append(total / len(batches) / num_points)
         bar.set_postfix(loss=f"{result.epoch_losses[-1]:.3f}")
-        if callback is not None and callback(epoch, result.epoch_losses[-1]):
+        stop = callback is not None and callback(epoch, result.epoch_losses[-1])
+        if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop):
+            save_checkpoint(checkpoint, {
+                "epoch": epoch + 1,
+                "params": param_state(),
+                "optimizer": optim.get_state(),
+                "rng": get_rng_state(),
+                "result": asdict(result),
+                "points": points,
+                "elapsed": elapsed_before + time.perf_counter() - start,
+                "pass_counts": list(network_pass_counts(model, guide)),
+            })
+        if stop:
             break
-    elapsed = time.perf_counter() - start
+    elapsed = elapsed_before + time.perf_counter() - start
     result.seconds_per_epoch = elapsed / max(len(result.epoch_losses), 1)
     enc, dec = network_pass_counts(model, guide)
     result.encoder_passes_per_point = enc / max(points, 1)
     result.decoder_passes_per_point = dec / max(points, 1)
     return result
+
+
+def _set_counts(counts, *objs) -> None:
+    """Restores total pass counts (assigned to the first counter object of each kind)."""
+    _reset(*objs)
+    enc, dec = counts
+    for o in _counters(*objs):
+        if hasattr(o, "encoder_passes"):
+            o.encoder_passes, enc = enc, 0
+        if hasattr(o, "decoder_passes"):
+            o.decoder_passes, dec = dec, 0

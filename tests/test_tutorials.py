@@ -1,0 +1,25 @@
+"""Every tutorial runs top to bottom in smoke mode (``CI`` set), as Pyro's test_examples does."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
+SCRIPTS = sorted(p.name for p in TUTORIALS.glob("*.py"))
+
+
+def test_every_tutorial_is_listed():
+    # A new tutorial must run here: the parametrized test below covers every *.py file.
+    assert "quick_start.py" in SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_tutorial_runs(script, tmp_path):
+    env = {**os.environ, "CI": "1", "PYTHONPATH": str(TUTORIALS.parent)}
+    out = subprocess.run([sys.executable, str(TUTORIALS / script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "test LL" in out.stdout
