@@ -10,6 +10,7 @@ The whole public API::
     likelihoods  NormalLikelihood, BernoulliLikelihood
     losses       TraceMAPA_ELBO, TraceIWAE_ELBO
     evaluation   empirical_log_likelihood, quadrature_log_likelihood
+    diagnostics  to_inference_data (more in pyro_mapa.diagnostics)
 
 Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
 Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
@@ -17,6 +18,7 @@ Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
 
 from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
 from .codebook import AmortizedCodebook
+from .diagnostics import to_inference_data
 from .distributions import TableCategorical
 from .evaluation import empirical_log_likelihood, quadrature_log_likelihood
 from .guide import MAPAGuide
@@ -47,4 +49,5 @@ __all__ = [
     "empirical_log_likelihood",
     "mlp",
     "quadrature_log_likelihood",
+    "to_inference_data",
 ]
