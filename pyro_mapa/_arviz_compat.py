@@ -1,7 +1,9 @@
 """The one place that knows ArviZ's version differences (0.x InferenceData vs 1.x DataTree).
 
-ArviZ 0.23 (what pip installs on Python 3.11) is tested here; the 1.x branch follows the
-``arviz_base.from_dict(dict_of_groups, ...)`` signature and is untested in CI.
+ArviZ 0.23 (what pip installs on Python 3.11) is tested in CI. The 1.x branch
+(``arviz_base.from_dict(dict_of_groups, ...)``, ``psislw`` on negated log weights) was
+checked by running ``tests/test_arviz_compat.py`` under Python 3.12 with ArviZ 1.3
+(``python -m pytest --noconftest tests/test_arviz_compat.py``: it needs only NumPy and ArviZ).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def pareto_k(log_weights: np.ndarray) -> np.ndarray:
         import arviz
 
         return np.asarray(arviz.psislw(log_weights)[1])
-    import arviz_stats  # ArviZ >= 1.0: psislw lives in arviz_stats
+    # ArviZ >= 1.0: the array-level psislw takes *negated* log weights (as loo's -log_lik),
+    # checked against a Pareto(2) tail (k = 0.5) in tests/test_arviz_compat.py.
+    from arviz_stats.base.array import array_stats
 
-    return np.asarray(arviz_stats.psislw(log_weights)[1])
+    return np.asarray(array_stats.psislw(-np.asarray(log_weights))[1])
