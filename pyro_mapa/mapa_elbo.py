@@ -63,6 +63,13 @@ class TraceMAPA_ELBO(ELBO):
     Arguments:
         num_top: ``K``, indices per point taken exactly, ``0 <= K <= M``.
         num_samples: ``S``, importance samples of the remainder per point.
+        remainder: ``"with_replacement"`` (Eq. 10: ``S`` i.i.d. draws from
+            :math:`\\tilde q_n`, each weighted :math:`1 / (S \\tilde q_n(i))`) or
+            ``"without_replacement"`` (``S`` distinct indices by Gumbel-top-k, each weighted
+            by its inverse inclusion probability given the threshold, the unbiased
+            priority-sampling estimator of Kool et al. 2019; exact once ``S`` covers the
+            remainder, and tighter when a few remainder entries dominate). Both keep the
+            bound valid.
         max_plate_nesting: As in Pyro; guessed on the first call if left infinite.
         generator: Optional :class:`torch.Generator` for the remainder draws
             (default: the global RNG, so ``pyro.set_rng_seed`` controls it).
@@ -78,10 +85,16 @@ class TraceMAPA_ELBO(ELBO):
         num_top: int = 1,
         num_samples: int = 0,
         *,
+        remainder: str = "with_replacement",
         max_plate_nesting: float = float("inf"),
         generator: torch.Generator | None = None,
         retain_graph: bool | None = None,
     ) -> None:
+        if remainder not in ("with_replacement", "without_replacement"):
+            raise ValueError(
+                f"remainder must be 'with_replacement' or 'without_replacement', got {remainder!r}"
+            )
+        self.remainder = remainder
         self.num_top = _check_count(num_top, "num_top")
         self.num_samples = _check_count(num_samples, "num_samples")
         if self.num_top + self.num_samples < 1:
@@ -103,16 +116,17 @@ class TraceMAPA_ELBO(ELBO):
         """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows."""
         table = guide.table
         top = table.top_k(rows, self.num_top)
-        rest = table.sample_remainder(rows, self.num_top, self.num_samples, generator=self.generator)
-        s = rest.indices.shape[1]
+        if self.remainder == "with_replacement":
+            rest = table.sample_remainder(rows, self.num_top, self.num_samples, generator=self.generator)
+            s = rest.indices.shape[1]
+            rest_correction = rest.log_probs + (math.log(s) if s else 0.0)
+        else:
+            rest = table.sample_remainder_without_replacement(
+                rows, self.num_top, self.num_samples, generator=self.generator
+            )
+            rest_correction = rest.log_probs  # log inclusion probabilities
         values = torch.cat([top.indices, rest.indices], dim=1).T
-        correction = torch.cat(
-            [
-                torch.zeros_like(top.log_probs),
-                rest.log_probs + (math.log(s) if s else 0.0),
-            ],
-            dim=1,
-        ).T
+        correction = torch.cat([torch.zeros_like(top.log_probs), rest_correction], dim=1).T
         return values, correction
 
     def _guess_nesting(self, model, guide, info, args, kwargs) -> None:
@@ -138,7 +152,9 @@ class TraceMAPA_ELBO(ELBO):
             guide.check_model_site(info.site, info.plate_size)
             self._guess_nesting(model, guide, info, args, kwargs)
         table = guide.table
-        num_particles = self.num_top + (self.num_samples if self.num_top < table.support_size else 0)
+        width = table.support_size - self.num_top
+        drawn = self.num_samples if self.remainder == "with_replacement" else min(self.num_samples, width)
+        num_particles = self.num_top + (drawn if width > 0 else 0)
         forcing = _ForceIndex(self, guide)
         plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
         trace = poutine.trace(plate(forcing(model))).get_trace(*args, **kwargs)
@@ -200,7 +216,12 @@ class TraceMAPA_ELBO(ELBO):
     def _check_finite(loss: Tensor, parts: dict[str, Tensor]) -> None:
         if bool(torch.isfinite(loss)):
             return
-        bad = [k for k, v in parts.items() if not bool(torch.isfinite(v).all())]
+        # A remainder correction of +inf is a zero weight (an index outside the proposal's support).
+        bad = [
+            k for k, v in parts.items()
+            if bool(torch.isnan(v).any()) or bool((v == -math.inf).any())
+            or (k != "remainder_weight" and not bool(torch.isfinite(v).all()))
+        ]
         detail = (
             f"non-finite term(s): {', '.join(bad)}"
             if bad

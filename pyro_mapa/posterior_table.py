@@ -140,6 +140,16 @@ def remainder_log_probs(log_probs: Tensor, k: int, log_mass: Tensor | None = Non
     return torch.where(torch.isfinite(log_mass), rest - log_mass, uniform)
 
 
+def _log_inclusion(log_x: Tensor) -> Tensor:
+    """:math:`\\log(1 - \\exp(-\\exp(\\log x)))`, stable for tiny and huge ``x`` (0 at ``+inf``)."""
+    x = log_x.exp()
+    small = log_x < -5.0
+    # For x < e^-5: log(1 - e^-x) = log x + log1p(-x/2 + x²/6 - ...) ~ log x - x/2.
+    approx = log_x - 0.5 * x
+    exact = torch.log(-torch.expm1(-x.clamp(min=1e-30)))
+    return torch.where(small, approx, exact)
+
+
 def _check_count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -438,6 +448,52 @@ class PosteriorTable:
         row = r.unsqueeze(1)
         log_q = torch.where(dead, torch.full_like(target, -math.log(m - k)), self.log_probs[row, pos] - mass)
         return TableRows(self.indices[row, pos], log_q)
+
+    def sample_remainder_without_replacement(
+        self,
+        rows: Tensor | None,
+        k: int,
+        s: int,
+        generator: torch.Generator | None = None,
+    ) -> TableRows:
+        """Draws ``s`` distinct remainder indices per row (Gumbel-top-k) with their log inclusion weights.
+
+        Perturb :math:`\\log \\tilde q_n(i) + G_i` (``G_i`` standard Gumbel), keep the ``s``
+        largest, and let :math:`\\kappa` be the ``(s+1)``-th largest perturbed value. Then
+
+        .. math:: \\hat R = \\sum_{i \\in \\text{top-}s} a_i / \\pi_i(\\kappa), \\qquad
+                  \\pi_i(\\kappa) = 1 - \\exp(-\\exp(\\log \\tilde q_n(i) - \\kappa))
+
+        is an unbiased estimate of :math:`\\sum_i a_i` over the remainder for any
+        :math:`a_i \\ge 0` (the priority-sampling estimator of Kool, van Hoof and Welling,
+        2019, "Stochastic beams and where to find them", §4.2). When ``s`` covers the
+        whole remainder every :math:`\\pi_i = 1` and the sum is exact.
+
+        Returns:
+            ``(indices, log_inclusion)``, both ``(B, min(s, M - k))``: the drawn indices and
+            :math:`\\log \\pi_i(\\kappa)` (the term's log-weight correction; ``+inf``, i.e.
+            weight zero, for an entry outside the proposal's support).
+        """
+        s = _check_count(s, "s (num_samples)")
+        rest = self.remainder(rows, k)
+        b, width = rest.indices.shape
+        take = min(s, width)
+        if take == 0:
+            empty = rest.indices.new_empty((b, 0))
+            return TableRows(empty, rest.log_probs.new_empty((b, 0)))
+        u = torch.rand(b, width, generator=generator, device=rest.log_probs.device, dtype=rest.log_probs.dtype)
+        gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+        perturbed = rest.log_probs + gumbel
+        if take < width:
+            vals, pos = torch.topk(perturbed, take + 1, dim=1)
+            kappa, pos = vals[:, take : take + 1], pos[:, :take]
+        else:
+            pos = torch.arange(width, device=perturbed.device).expand(b, width)
+            kappa = torch.full((b, 1), -math.inf, device=perturbed.device, dtype=perturbed.dtype)
+        log_q = rest.log_probs.gather(1, pos)
+        log_incl = _log_inclusion(log_q - kappa)
+        log_incl = torch.where(torch.isfinite(log_q), log_incl, torch.full_like(log_incl, math.inf))
+        return TableRows(rest.indices.gather(1, pos), log_incl)
 
     def check_data(self, data: Tensor) -> None:
         """Raises :class:`ValueError` if the table was built on other data than ``data``."""

@@ -257,3 +257,57 @@ def test_svi_with_mapa_lowers_loss():
             losses.append(svi.step(b))
     assert exact_lml(model, lik) > before + 5.0
     assert sum(losses[-8:]) < sum(losses[:8])
+
+
+# ---------------------------------------------------------------- remainder without replacement
+
+
+def test_without_replacement_exact_when_s_covers_the_remainder():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    for k in (0, 1, 4):
+        elbo = TraceMAPA_ELBO(k, n, remainder="without_replacement")
+        assert -elbo.loss(model, guide) == pytest.approx(exact_lml(model, lik), rel=1e-6)
+
+
+def test_without_replacement_distinct_draws_and_inclusion_weights():
+    lp = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.07, 0.03]]))
+    t = PosteriorTable.from_log_probs(lp)
+    g = torch.Generator().manual_seed(1)
+    seen = torch.zeros(5)
+    for _ in range(2000):
+        idx, log_incl = t.sample_remainder_without_replacement(torch.tensor([0]), 1, 2, generator=g)
+        assert idx.shape == (1, 2) and idx[0, 0] != idx[0, 1] and not (idx == 0).any()
+        assert (log_incl <= 0).all()
+        # Unbiasedness of the priority estimator for a_i = 1: E[sum 1/pi_i] = remainder size (4).
+        seen[0] += float((-log_incl).exp().sum())
+    assert float(seen[0] / 2000) == pytest.approx(4.0, rel=0.05)
+
+
+def test_without_replacement_inner_estimate_is_unbiased():
+    model, guide, x, lik = mapa_setup(bandwidth=2.0)
+    n, draws = len(x), 3000
+    point = torch.tensor([3])
+    elbo = TraceMAPA_ELBO(1, 3, remainder="without_replacement")
+    inner = torch.tensor([math.exp(-elbo.loss(model, guide, point) / n) for _ in range(draws)])
+    exact = float(empirical_log_likelihood(model.codebook, lik)[3].exp())
+    se = float(inner.std() / math.sqrt(draws))
+    assert abs(float(inner.mean()) - exact) < 4 * se + 1e-9
+
+
+def test_without_replacement_is_tighter_here():
+    """A remainder dominated by a few entries: sampling them without replacement wastes no draws."""
+    model, guide, x, lik = mapa_setup(n=14, bandwidth=0.7)
+    exact = exact_lml(model, lik)
+    with_r = TraceMAPA_ELBO(1, 6)
+    without = TraceMAPA_ELBO(1, 6, remainder="without_replacement")
+    a = torch.tensor([-with_r.loss(model, guide) for _ in range(300)])
+    b = torch.tensor([-without.loss(model, guide) for _ in range(300)])
+    se = float((a.var() / 300 + b.var() / 300).sqrt())
+    assert float(b.mean()) > float(a.mean()) + 2 * se
+    assert float(b.mean()) <= exact + 3 * float(b.std() / math.sqrt(300))
+
+
+def test_remainder_option_is_checked():
+    with pytest.raises(ValueError, match="remainder"):
+        TraceMAPA_ELBO(1, 1, remainder="stratified")
