@@ -9,7 +9,9 @@ The whole public API::
     models       EmpiricalizedModel, VAEModel, MeanFieldGuide
     likelihoods  NormalLikelihood, BernoulliLikelihood
     losses       TraceMAPA_ELBO, TraceIWAE_ELBO
-    evaluation   empirical_log_likelihood, quadrature_log_likelihood
+    priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
+    evaluation   empirical_log_likelihood, quadrature_log_likelihood,
+                 fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
     diagnostics  to_inference_data (more in pyro_mapa.diagnostics)
 
 Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
@@ -20,13 +22,21 @@ from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
 from .codebook import AmortizedCodebook
 from .diagnostics import to_inference_data
 from .distributions import TableCategorical
-from .evaluation import empirical_log_likelihood, quadrature_log_likelihood
+from .evaluation import (
+    ImportanceEstimate,
+    MixtureProposal,
+    empirical_log_likelihood,
+    fit_proposal,
+    importance_log_likelihood,
+    quadrature_log_likelihood,
+)
 from .guide import MAPAGuide
 from .iwae_elbo import TraceIWAE_ELBO
 from .kernels import BernoulliKernel, GaussianKernel, ProximityKernel
 from .likelihoods import BernoulliLikelihood, NormalLikelihood
 from .mapa_elbo import NonFiniteLossError, TraceMAPA_ELBO
 from .posterior_table import PosteriorTable
+from .priors import FlowPrior, GaussianCopulaPrior, KDEPrior
 
 __version__ = "0.1.0"
 
@@ -35,9 +45,14 @@ __all__ = [
     "BernoulliKernel",
     "BernoulliLikelihood",
     "EmpiricalizedModel",
+    "FlowPrior",
+    "GaussianCopulaPrior",
     "GaussianKernel",
+    "ImportanceEstimate",
+    "KDEPrior",
     "MAPAGuide",
     "MeanFieldGuide",
+    "MixtureProposal",
     "NonFiniteLossError",
     "NormalLikelihood",
     "PosteriorTable",
@@ -47,6 +62,8 @@ __all__ = [
     "TraceMAPA_ELBO",
     "VAEModel",
     "empirical_log_likelihood",
+    "fit_proposal",
+    "importance_log_likelihood",
     "mlp",
     "quadrature_log_likelihood",
     "to_inference_data",

@@ -17,6 +17,7 @@ the prior recovered from the codes by a Gaussian copula (MAPA variants, §6).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -27,13 +28,13 @@ from torch import Tensor, nn
 
 from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
 from .codebook import AmortizedCodebook
-from .evaluation import quadrature_log_likelihood
+from .evaluation import fit_proposal, grid_log_likelihood, importance_log_likelihood, quadrature_log_likelihood
 from .guide import MAPAGuide
 from .iwae_elbo import TraceIWAE_ELBO
 from .likelihoods import Likelihood
 from .mapa_elbo import TraceMAPA_ELBO
 from .posterior_table import PosteriorTable
-from .priors import GaussianCopulaPrior
+from .priors import FlowPrior, GaussianCopulaPrior
 
 __all__ = ["METHODS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
 
@@ -61,40 +62,95 @@ class MethodSetup:
     decoder: nn.Module
     encoder: nn.Module
     likelihood: Likelihood
+    latent_dim: int = 1
 
-    def learned_model(self) -> LearnedModel:
-        """The original generative model this method defines, after training."""
+    def learned_model(self, flow_steps: int = 2000, seed: int = 0) -> LearnedModel:
+        """The original generative model this method defines, after training.
+
+        VAE and IWAE: the decoder with its N(0, I) prior. MAPA variants: the decoder with
+        the prior recovered from the codes, a Gaussian copula for ``d = 1`` and a
+        normalizing flow (:class:`~pyro_mapa.priors.FlowPrior`, ``flow_steps`` Adam steps)
+        for ``d > 1`` (§6).
+        """
         prior = None
         if isinstance(self.model, EmpiricalizedModel):
             with torch.no_grad():
-                prior = GaussianCopulaPrior(self.model.codebook.codes())
-        return LearnedModel(self.decoder, self.likelihood, prior)
+                codes = self.model.codebook.codes()
+            if codes.shape[-1] == 1:
+                prior = GaussianCopulaPrior(codes)
+            else:
+                prior = FlowPrior.fit(codes, steps=flow_steps, seed=seed)
+        return LearnedModel(self.decoder, self.likelihood, prior, latent_dim=self.latent_dim)
 
 
 @dataclass
 class LearnedModel:
-    """Decoder plus prior: ``u ~ N(0, 1)``, ``z = T(u)`` (identity without a copula), ``x ~ p(x | f(z))``."""
+    """Decoder plus prior: the original model (Eq. 1) a method defines.
+
+    ``prior`` is ``None`` (standard normal), a :class:`~pyro_mapa.priors.GaussianCopulaPrior`
+    (``z = T(u)``, ``u ~ N(0, 1)``) or any prior with ``log_prob`` and ``sample`` (e.g.
+    :class:`~pyro_mapa.priors.FlowPrior`).
+    """
 
     decoder: nn.Module
     likelihood: Likelihood
-    prior: GaussianCopulaPrior | None = None
+    prior: object | None = None
+    latent_dim: int = 1
 
     def decode(self, u: Tensor) -> Tensor:
-        z = u if self.prior is None else self.prior.transform(u)
+        """Decoder outputs for standard-normal ``u`` (copula) or for codes ``z`` (other priors)."""
+        z = self.prior.transform(u) if isinstance(self.prior, GaussianCopulaPrior) else u
         return self.decoder(z)
 
+    def log_prior(self, z: Tensor) -> Tensor:
+        """Log density of the prior on ``z`` (not defined for the copula, which is evaluated in ``u``)."""
+        if self.prior is None:
+            return (-0.5 * z**2 - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return self.prior.log_prob(z.to(torch.get_default_dtype())).to(z.dtype)
+
     @torch.no_grad()
-    def log_prob(self, x: Tensor, num_points: int = 4001) -> Tensor:
-        """Exact per-point ``log p(x)`` by quadrature over the 1-D latent (float64)."""
+    def log_prob(self, x: Tensor, num_points: int | None = None) -> Tensor:
+        """Exact per-point ``log p(x)`` by quadrature, for ``d = 1`` (in ``u``) or ``d = 2`` (on a grid in ``z``).
+
+        For ``d > 2`` use :meth:`importance_log_prob`.
+        """
         x64 = x.to(torch.float64)
         dec64 = _Float64(self)
-        return quadrature_log_likelihood(x64, dec64, self.likelihood, num_points=num_points, low=-7.0, high=7.0)
+        if self.latent_dim == 1 and (self.prior is None or isinstance(self.prior, GaussianCopulaPrior)):
+            return quadrature_log_likelihood(x64, dec64, self.likelihood, num_points=num_points or 4001,
+                                             low=-7.0, high=7.0)
+        if self.latent_dim > 2:
+            raise ValueError("exact quadrature is for latent dimension 1 or 2; use importance_log_prob for d > 2")
+        if self.prior is None:
+            low, high = [-7.0] * self.latent_dim, [7.0] * self.latent_dim
+        else:
+            codes = self.prior.sample((4000,)).double()
+            spread = codes.std(0)
+            low = (codes.min(0).values - 2 * spread).tolist()
+            high = (codes.max(0).values + 2 * spread).tolist()
+        n = num_points or (4001 if self.latent_dim == 1 else 301)
+        return grid_log_likelihood(x64, dec64, lambda z: self.log_prior(z).double(), self.likelihood,
+                                   low, high, num_points=n)
+
+    def importance_log_prob(self, x: Tensor, num_samples: int = 1000, fit_steps: int = 2000, seed: int = 0):
+        """``log p(x)`` by importance sampling with a fitted mixture proposal (any ``d``).
+
+        Returns:
+            :class:`~pyro_mapa.evaluation.ImportanceEstimate` (``log_px``, ``stderr``, ``log_weights``).
+        """
+        proposal = fit_proposal(x, self.decoder, self.log_prior, self.likelihood, self.latent_dim,
+                                steps=fit_steps, seed=seed)
+        return importance_log_likelihood(x, self.decoder, self.log_prior, self.likelihood, proposal,
+                                         num_samples=num_samples, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
     def sample(self, num: int, generator: torch.Generator | None = None) -> Tensor:
         """New observations from the learned generative model."""
-        u = torch.randn(num, 1, generator=generator)
-        params = self.decode(u)
+        if self.prior is None or isinstance(self.prior, GaussianCopulaPrior):
+            z = torch.randn(num, self.latent_dim, generator=generator)
+        else:
+            z = self.prior.sample((num,), generator=generator)
+        params = self.decode(z)
         return self.likelihood(params).sample()
 
 
@@ -149,7 +205,7 @@ def build_method(
             if name == "VAE"
             else TraceIWAE_ELBO(num_particles, max_plate_nesting=1)
         )
-        return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood)
+        return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim)
     encoder = mlp(d_obs, latent_dim, hidden)
     if table is None:
         if name == "MAPA-GT":
@@ -160,4 +216,4 @@ def build_method(
     model = EmpiricalizedModel(AmortizedCodebook(encoder, decoder, data), likelihood)
     guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data
     loss = TraceMAPA_ELBO(num_top, num_samples, max_plate_nesting=1)
-    return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood)
+    return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim)
