@@ -85,6 +85,14 @@ class ProximityKernel(ABC):
     def log_kernel_from_sqdist(self, sqdist: Tensor) -> Tensor:
         """Maps squared distances to :math:`\\log \\kappa` (up to a per-row constant)."""
 
+    #: True when squared distances between valid data points are integers (exact ties
+    #: are then broken by column index in the table builder).
+    integer_sqdist: bool = False
+
+    def log_kernel_from_sqdist_(self, sqdist: Tensor) -> Tensor:
+        """In-place version of :meth:`log_kernel_from_sqdist` (overwrites and returns ``sqdist``)."""
+        return sqdist.copy_(self.log_kernel_from_sqdist(sqdist))
+
     def validate(self, data: Tensor) -> None:
         """Raises :class:`ValueError`/:class:`TypeError` if ``data`` cannot be used with this kernel."""
         _check_data(data)
@@ -130,6 +138,9 @@ class GaussianKernel(ProximityKernel):
     def log_kernel_from_sqdist(self, sqdist: Tensor) -> Tensor:
         return sqdist * (-0.5 / self.bandwidth**2)
 
+    def log_kernel_from_sqdist_(self, sqdist: Tensor) -> Tensor:
+        return sqdist.mul_(-0.5 / self.bandwidth**2)
+
     def config(self) -> dict[str, Any]:
         return {"kernel": "GaussianKernel", "bandwidth": self.bandwidth}
 
@@ -154,8 +165,13 @@ class BernoulliKernel(ProximityKernel):
             raise ValueError(f"rho must lie strictly between 0.5 and 1, got {rho}; e.g. rho=0.9")
         self.rho = rho
 
+    integer_sqdist = True
+
     def log_kernel_from_sqdist(self, sqdist: Tensor) -> Tensor:
         return sqdist * (-math.log(self.rho / (1.0 - self.rho)))
+
+    def log_kernel_from_sqdist_(self, sqdist: Tensor) -> Tensor:
+        return sqdist.mul_(-math.log(self.rho / (1.0 - self.rho)))
 
     def validate(self, data: Tensor) -> None:
         _check_data(data)

@@ -59,8 +59,9 @@ def data_fingerprint(data: Tensor) -> str:
 
 
 def _default_chunk_size(num_columns: int) -> int:
-    # About 16M entries (64 MiB in float32) of the row block at a time.
-    return max(1, min(num_columns, 2**24 // max(num_columns, 1)))
+    # 128 query rows per block (cache-friendly on CPU); fewer when a block would pass
+    # 2^26 entries (256 MiB in float32), i.e. for N above about half a million.
+    return max(1, min(num_columns, 128, 2**26 // max(num_columns, 1)))
 
 
 def build_table(
@@ -72,17 +73,23 @@ def build_table(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Computes the sorted MAPA rows of ``data`` in row chunks, never holding ``N×N``.
 
-    For each block of ``chunk_size`` query rows it computes squared distances to all
-    ``N`` points by one matrix multiply, maps them to :math:`\\log\\kappa`, takes the
-    exact row log-normalizer by ``logsumexp`` over all ``N`` columns, and keeps the
-    ``M`` largest entries. Ties are broken by column index (stable sort) when
-    ``M = N``.
+    For each block of ``chunk_size`` query rows, in one preallocated ``(chunk, N)``
+    buffer: squared distances to all ``N`` points by one matrix multiply
+    (``addmm``, in place), then :math:`\\log\\kappa` in place, the ``M`` largest entries
+    (``topk``), and the exact row log-normalizer over all ``N`` columns from the same
+    buffer (``max + log Σ exp(· - max)``, the max being the top-1 value). Peak memory is
+    ``O(N·M + chunk·N)``.
+
+    Ties: with ``M = N`` a stable sort orders equal entries by column index. For kernels
+    whose squared distances are integers (``kernel.integer_sqdist``, e.g. Hamming
+    distances of binary data, exact in float32) ties are broken by column index for any
+    ``M``, by ranking the exact integer key ``distance · N + column``.
 
     Arguments:
         data: ``(N, D)`` floating tensor on the device to compute on.
         kernel: The proximity kernel.
         max_support: ``M``, entries kept per row (default ``N``).
-        chunk_size: Query rows per block (default: about 16M entries per block).
+        chunk_size: Query rows per block (default 128, fewer for very large ``N``).
         progress: Show a tqdm bar (default: only for more than 10^8 entries).
 
     Returns:
@@ -90,24 +97,34 @@ def build_table(
     """
     n = data.shape[0]
     m = n if max_support is None else max_support
-    chunk = chunk_size or _default_chunk_size(n)
+    chunk = min(n, chunk_size or _default_chunk_size(n))
     if progress is None:
         progress = n * n > 10**8
-    indices = torch.empty(n, m, dtype=torch.long, device=data.device)
-    log_probs = torch.empty(n, m, dtype=data.dtype, device=data.device)
-    log_norm = torch.empty(n, dtype=data.dtype, device=data.device)
+    device, dtype = data.device, data.dtype
+    indices = torch.empty(n, m, dtype=torch.long, device=device)
+    log_probs = torch.empty(n, m, dtype=dtype, device=device)
+    log_norm = torch.empty(n, dtype=dtype, device=device)
     sq = (data * data).sum(-1)
-    starts = range(0, n, chunk)
-    for start in tqdm(starts, desc="MAPA table", unit="block", disable=not progress):
+    buf = torch.empty(chunk, n, dtype=dtype, device=device)
+    integer = bool(getattr(kernel, "integer_sqdist", False)) and m < n
+    cols = torch.arange(n, device=device) if integer else None
+    for start in tqdm(range(0, n, chunk), desc="MAPA table", unit="block", disable=not progress):
         stop = min(start + chunk, n)
-        log_k = kernel.log_kernel_from_sqdist(
-            squared_distances(data[start:stop], data, sq[start:stop], sq)
-        )
-        lz = torch.logsumexp(log_k, dim=1)
-        if m == n:
-            vals, idx = torch.sort(log_k, dim=1, descending=True, stable=True)
+        b = buf[: stop - start]
+        torch.addmm(sq.unsqueeze(0), data[start:stop], data.T, beta=1.0, alpha=-2.0, out=b)
+        b.add_(sq[start:stop].unsqueeze(1)).clamp_(min=0.0)
+        if integer:
+            keys = b.round().to(torch.long).mul_(n).add_(cols)
+            idx = torch.topk(keys, m, dim=1, largest=False, sorted=True).indices
+        kernel.log_kernel_from_sqdist_(b)
+        if integer:
+            vals = b.gather(1, idx)
+        elif m == n:
+            vals, idx = torch.sort(b, dim=1, descending=True, stable=True)
         else:
-            vals, idx = torch.topk(log_k, m, dim=1, largest=True, sorted=True)
+            vals, idx = torch.topk(b, m, dim=1, largest=True, sorted=True)
+        top = vals[:, :1]
+        lz = (top + b.sub_(top).exp_().sum(1, keepdim=True).log_()).squeeze(1)
         indices[start:stop] = idx
         log_probs[start:stop] = vals - lz.unsqueeze(1)
         log_norm[start:stop] = lz
