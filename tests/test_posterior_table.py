@@ -170,3 +170,18 @@ def test_from_data_bad_arguments(data):
         PosteriorTable.from_data(torch.tensor([[float("nan")]]), GaussianKernel(1.0))
     with pytest.raises(ValueError, match="binary"):
         PosteriorTable.from_data(data, BernoulliKernel(0.9))
+
+
+def test_bernoulli_ties_broken_by_index_in_truncated_tables():
+    """Hamming distances tie often; with max_support < N the order is (distance, column index)."""
+    g = torch.Generator().manual_seed(5)
+    x = (torch.rand(60, 6, generator=g) > 0.5).float()  # only 64 patterns: many exact ties
+    kernel = BernoulliKernel(0.8)
+    table = PosteriorTable.from_data(x, kernel, max_support=10, chunk_size=7)
+    hamming = (x.unsqueeze(1) != x.unsqueeze(0)).sum(-1)
+    key = hamming * 60 + torch.arange(60)
+    expected = torch.sort(key, dim=1).indices[:, :10]
+    assert torch.equal(table.indices, expected)
+    full = PosteriorTable.from_data(x, kernel)
+    torch.testing.assert_close(table.log_probs, full.log_probs[:, :10])
+    torch.testing.assert_close(table.log_normalizer, full.log_normalizer)
