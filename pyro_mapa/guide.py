@@ -66,7 +66,7 @@ class MAPAGuide:
         self.create_plates = create_plates
 
     def _plate(self, args: tuple, kwargs: dict):
-        n = self.table.num_rows
+        n = self.table.total_rows
         if self.create_plates is not None:
             plates = self.create_plates(*args, **kwargs)
             plates = plates if isinstance(plates, (list, tuple)) else [plates]
@@ -96,10 +96,10 @@ class MAPAGuide:
                 f"the model's index site {self.site!r} has {n_model} categories but the table has "
                 f"{self.table.num_categories}; build the table on the same data as the model"
             )
-        if plate_size != self.table.num_rows:
+        if plate_size != self.table.total_rows:
             raise ValueError(
                 f"the model's plate {self.plate!r} has size {plate_size} but the table has "
-                f"{self.table.num_rows} rows; build the table on the model's data"
+                f"{self.table.total_rows} rows; build the table on the model's data"
             )
 
     def distribution(self, rows: Tensor) -> TableCategorical:

@@ -21,6 +21,7 @@ from ._tracing import (
     site_log_prob,
 )
 from .guide import MAPAGuide
+from .counter_rng import counter_uniform
 from .posterior_table import _check_count
 
 __all__ = ["TraceMAPA_ELBO", "NonFiniteLossError"]
@@ -73,6 +74,11 @@ class TraceMAPA_ELBO(ELBO):
         max_plate_nesting: As in Pyro; guessed on the first call if left infinite.
         generator: Optional :class:`torch.Generator` for the remainder draws
             (default: the global RNG, so ``pyro.set_rng_seed`` controls it).
+        rng_seed: If given, remainder draws are a pure function of
+            ``(rng_seed, step, data row, slot)`` (:func:`~pyro_mapa.counter_rng.counter_uniform`),
+            where ``step`` counts this object's evaluations (``step_count``): a point gets the
+            same draws whichever process or batch holds it, so data-parallel training
+            reproduces single-process training (:mod:`pyro_mapa.distributed`).
 
     References:
         | Towards Model-Agnostic Posterior Approximation for Fast and Accurate
@@ -88,8 +94,11 @@ class TraceMAPA_ELBO(ELBO):
         remainder: str = "with_replacement",
         max_plate_nesting: float = float("inf"),
         generator: torch.Generator | None = None,
+        rng_seed: int | None = None,
         retain_graph: bool | None = None,
     ) -> None:
+        self.rng_seed = rng_seed
+        self.step_count = 0
         if remainder not in ("with_replacement", "without_replacement"):
             raise ValueError(
                 f"remainder must be 'with_replacement' or 'without_replacement', got {remainder!r}"
@@ -116,13 +125,19 @@ class TraceMAPA_ELBO(ELBO):
         """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows."""
         table = guide.table
         top = table.top_k(rows, self.num_top)
+        uniforms = None
+        if self.rng_seed is not None:
+            width = self.num_samples if self.remainder == "with_replacement" else table.support_size - self.num_top
+            uniforms = counter_uniform(self.rng_seed, self.step_count, rows, width, dtype=table.log_probs.dtype)
         if self.remainder == "with_replacement":
-            rest = table.sample_remainder(rows, self.num_top, self.num_samples, generator=self.generator)
+            rest = table.sample_remainder(
+                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
+            )
             s = rest.indices.shape[1]
             rest_correction = rest.log_probs + (math.log(s) if s else 0.0)
         else:
             rest = table.sample_remainder_without_replacement(
-                rows, self.num_top, self.num_samples, generator=self.generator
+                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
             )
             rest_correction = rest.log_probs  # log inclusion probabilities
         values = torch.cat([top.indices, rest.indices], dim=1).T
@@ -156,6 +171,7 @@ class TraceMAPA_ELBO(ELBO):
         drawn = self.num_samples if self.remainder == "with_replacement" else min(self.num_samples, width)
         num_particles = self.num_top + (drawn if width > 0 else 0)
         forcing = _ForceIndex(self, guide)
+        self.step_count += 1
         plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
         trace = poutine.trace(plate(forcing(model))).get_trace(*args, **kwargs)
         if forcing.values is None:

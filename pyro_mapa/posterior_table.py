@@ -70,6 +70,7 @@ def build_table(
     max_support: int | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    rows: range | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Computes the sorted MAPA rows of ``data`` in row chunks, never holding ``N×N``.
 
@@ -91,28 +92,31 @@ def build_table(
         max_support: ``M``, entries kept per row (default ``N``).
         chunk_size: Query rows per block (default 128, fewer for very large ``N``).
         progress: Show a tqdm bar (default: only for more than 10^8 entries).
+        rows: Only these query rows (default: all ``N``).
 
     Returns:
-        ``(indices, log_probs, log_normalizer)`` of shapes ``(N, M)``, ``(N, M)``, ``(N,)``.
+        ``(indices, log_probs, log_normalizer)`` of shapes ``(R, M)``, ``(R, M)``, ``(R,)``.
     """
     n = data.shape[0]
+    rows = range(n) if rows is None else rows
+    r0, num = rows.start, len(rows)
     m = n if max_support is None else max_support
     chunk = min(n, chunk_size or _default_chunk_size(n))
     if progress is None:
         progress = n * n > 10**8
     device, dtype = data.device, data.dtype
-    indices = torch.empty(n, m, dtype=torch.long, device=device)
-    log_probs = torch.empty(n, m, dtype=dtype, device=device)
-    log_norm = torch.empty(n, dtype=dtype, device=device)
+    indices = torch.empty(num, m, dtype=torch.long, device=device)
+    log_probs = torch.empty(num, m, dtype=dtype, device=device)
+    log_norm = torch.empty(num, dtype=dtype, device=device)
     sq = (data * data).sum(-1)
-    buf = torch.empty(chunk, n, dtype=dtype, device=device)
+    buf = torch.empty(min(chunk, num), n, dtype=dtype, device=device)
     integer = bool(getattr(kernel, "integer_sqdist", False)) and m < n
     cols = torch.arange(n, device=device) if integer else None
-    for start in tqdm(range(0, n, chunk), desc="MAPA table", unit="block", disable=not progress):
-        stop = min(start + chunk, n)
+    for start in tqdm(range(0, num, chunk), desc="MAPA table", unit="block", disable=not progress):
+        stop = min(start + chunk, num)
         b = buf[: stop - start]
-        torch.addmm(sq.unsqueeze(0), data[start:stop], data.T, beta=1.0, alpha=-2.0, out=b)
-        b.add_(sq[start:stop].unsqueeze(1)).clamp_(min=0.0)
+        torch.addmm(sq.unsqueeze(0), data[r0 + start : r0 + stop], data.T, beta=1.0, alpha=-2.0, out=b)
+        b.add_(sq[r0 + start : r0 + stop].unsqueeze(1)).clamp_(min=0.0)
         if integer:
             keys = b.round().to(torch.long).mul_(n).add_(cols)
             idx = torch.topk(keys, m, dim=1, largest=False, sorted=True).indices
@@ -190,6 +194,9 @@ class PosteriorTable:
         log_normalizer: Optional ``(R,)`` row log-normalizers of the kernel.
         fingerprint: Optional :func:`data_fingerprint` of the data the table was built on.
         config: Optional JSON-serializable description (kernel settings, ...).
+        row_offset: For a shard (see ``from_data(rows=...)``): the data row of its first row.
+            Row arguments of every query are *data* rows.
+        total_rows: The number of data rows of the whole data set (default: offset + R).
 
     Example:
         >>> X = torch.tensor([[0.0], [0.1], [1.0]])
@@ -206,6 +213,8 @@ class PosteriorTable:
         log_normalizer: Tensor | None = None,
         fingerprint: str | None = None,
         config: dict[str, Any] | None = None,
+        row_offset: int = 0,
+        total_rows: int | None = None,
     ) -> None:
         if indices.shape != log_probs.shape or indices.dim() != 2:
             raise ValueError(
@@ -221,6 +230,9 @@ class PosteriorTable:
         self.fingerprint = fingerprint
         self.config = dict(config or {})
         self._log_suffix: Tensor | None = None  # built lazily by log_suffix_mass()
+        # A shard holds data rows [row_offset, row_offset + R) of a data set of total_rows.
+        self.row_offset = int(row_offset)
+        self.total_rows = int(total_rows) if total_rows is not None else self.row_offset + indices.shape[0]
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -233,6 +245,7 @@ class PosteriorTable:
         chunk_size: int | None = None,
         device: torch.device | str | None = None,
         progress: bool | None = None,
+        rows: range | None = None,
     ) -> PosteriorTable:
         """Builds the MAPA table of ``data`` under ``kernel`` (Eq. 8), exactly, in row chunks.
 
@@ -244,6 +257,8 @@ class PosteriorTable:
             chunk_size: Query rows per block (memory ``O(chunk·N)``).
             device: Where to compute and keep the table (default: ``data.device``).
             progress: Show a tqdm progress bar (default: for large ``N``).
+            rows: Build only these data rows (a contiguous ``range``), e.g. one process's
+                shard in data-parallel training; every row still covers all ``N`` columns.
         """
         if not isinstance(kernel, ProximityKernel):
             raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
@@ -262,10 +277,12 @@ class PosteriorTable:
             _check_count(chunk_size, "chunk_size")
             if chunk_size < 1:
                 raise ValueError("chunk_size must be >= 1")
+        if rows is not None and (not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start < rows.stop <= n):
+            raise ValueError(f"rows must be a contiguous range inside [0, N={n}), got {rows!r}")
         fingerprint = data_fingerprint(data)
         x = data.to(device) if device is not None else data
         indices, log_probs, log_norm = build_table(
-            x.detach(), kernel, max_support=max_support, chunk_size=chunk_size, progress=progress
+            x.detach(), kernel, max_support=max_support, chunk_size=chunk_size, progress=progress, rows=rows
         )
         return cls(
             indices,
@@ -274,6 +291,8 @@ class PosteriorTable:
             log_normalizer=log_norm,
             fingerprint=fingerprint,
             config={**kernel.config(), "max_support": max_support},
+            row_offset=0 if rows is None else rows.start,
+            total_rows=n,
         )
 
     @classmethod
@@ -364,7 +383,8 @@ class PosteriorTable:
     def _rows(self, rows: Tensor | None) -> Tensor | slice:
         if rows is None:
             return slice(None)
-        return rows.to(self.indices.device)
+        rows = rows.to(self.indices.device)
+        return rows - self.row_offset if self.row_offset else rows
 
     def rows(self, rows: Tensor | None = None) -> TableRows:
         """The whole sorted support of the given rows."""
@@ -429,8 +449,12 @@ class PosteriorTable:
         k: int,
         s: int,
         generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
     ) -> TableRows:
         """Draws ``s`` indices per row from the remainder :math:`\\tilde q_n`, with replacement.
+
+        ``uniforms`` (``(B, s)`` in ``(0, 1)``, e.g. from :func:`~pyro_mapa.counter_rng.counter_uniform`)
+        replaces the random stream, making the draws a deterministic function of them.
 
         Returns:
             ``(indices, log_q_remainder)``, both ``(B, s)``; ``(B, 0)`` when ``s = 0``
@@ -452,7 +476,12 @@ class PosteriorTable:
         # P(j) = q_j / mass_k exactly, in log space, at O(B·S·log M) per call.
         suffix = self.log_suffix_mass()[r]  # (B, M)
         mass = suffix[:, k : k + 1]
-        uniform_u = 1.0 - torch.rand(b, s, generator=generator, device=self.device, dtype=suffix.dtype)
+        if uniforms is None:
+            uniform_u = 1.0 - torch.rand(b, s, generator=generator, device=self.device, dtype=suffix.dtype)
+        else:
+            if uniforms.shape != (b, s):
+                raise ValueError(f"uniforms must have shape {(b, s)}, got {tuple(uniforms.shape)}")
+            uniform_u = uniforms.to(device=self.device, dtype=suffix.dtype)
         target = -(mass + uniform_u.log())  # searchsorted needs increasing rows: use -log_suffix
         pos = torch.searchsorted(-suffix, target, right=True) - 1
         pos = pos.clamp_(min=k, max=m - 1)
@@ -460,7 +489,7 @@ class PosteriorTable:
         # (any full-support proposal keeps the estimate unbiased; METHOD.md §5, fact 7).
         # Decided per row on the device, without a host sync.
         dead = ~torch.isfinite(mass)
-        upos = k + torch.randint(m - k, (b, s), generator=generator, device=self.device)
+        upos = k + (uniform_u * (m - k)).long().clamp_(max=m - k - 1)
         pos = torch.where(dead, upos, pos)
         row = r.unsqueeze(1)
         log_q = torch.where(dead, torch.full_like(target, -math.log(m - k)), self.log_probs[row, pos] - mass)
@@ -472,8 +501,11 @@ class PosteriorTable:
         k: int,
         s: int,
         generator: torch.Generator | None = None,
+        uniforms: Tensor | None = None,
     ) -> TableRows:
         """Draws ``s`` distinct remainder indices per row (Gumbel-top-k) with their log inclusion weights.
+
+        ``uniforms`` (``(B, M - k)`` in ``(0, 1)``) replaces the random stream if given.
 
         Perturb :math:`\\log \\tilde q_n(i) + G_i` (``G_i`` standard Gumbel), keep the ``s``
         largest, and let :math:`\\kappa` be the ``(s+1)``-th largest perturbed value. Then
@@ -498,7 +530,12 @@ class PosteriorTable:
         if take == 0:
             empty = rest.indices.new_empty((b, 0))
             return TableRows(empty, rest.log_probs.new_empty((b, 0)))
-        u = torch.rand(b, width, generator=generator, device=rest.log_probs.device, dtype=rest.log_probs.dtype)
+        if uniforms is None:
+            u = torch.rand(b, width, generator=generator, device=rest.log_probs.device, dtype=rest.log_probs.dtype)
+        else:
+            if uniforms.shape != (b, width):
+                raise ValueError(f"uniforms must have shape {(b, width)}, got {tuple(uniforms.shape)}")
+            u = uniforms.to(device=rest.log_probs.device, dtype=rest.log_probs.dtype).clone()
         gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
         perturbed = rest.log_probs + gumbel
         if take < width:
@@ -532,6 +569,8 @@ class PosteriorTable:
             lz,
             self.fingerprint,
             self.config,
+            self.row_offset,
+            self.total_rows,
         )
 
     def __repr__(self) -> str:
@@ -573,6 +612,8 @@ class PosteriorTable:
             "num_categories": self.num_categories,
             "fingerprint": self.fingerprint,
             "config": self.config,
+            "row_offset": self.row_offset,
+            "total_rows": self.total_rows,
             "checksum": self._checksum(tensors),
         }
         payload = {"meta": json.dumps(meta), **tensors}
@@ -618,5 +659,7 @@ class PosteriorTable:
             tensors.get("log_normalizer"),
             meta.get("fingerprint"),
             meta.get("config"),
+            meta.get("row_offset", 0),
+            meta.get("total_rows"),
         )
         return table.to(map_location) if map_location is not None else table

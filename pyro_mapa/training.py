@@ -123,6 +123,8 @@ def fit(
         saved = state["result"]
         result = FitResult(**{k: saved[k] for k in asdict(result)})
         points, start_epoch, elapsed_before = state["points"], state["epoch"], state["elapsed"]
+        if hasattr(loss, "step_count"):
+            loss.step_count = state["loss_step_count"]  # keeps counter-based remainder draws in step
         _set_counts(state["pass_counts"], model, guide)
     else:
         _reset(model, guide)
@@ -151,6 +153,7 @@ def fit(
                 "points": points,
                 "elapsed": elapsed_before + time.perf_counter() - start,
                 "pass_counts": list(network_pass_counts(model, guide)),
+                "loss_step_count": getattr(loss, "step_count", 0),
             })
         if stop:
             break

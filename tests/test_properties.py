@@ -49,10 +49,11 @@ def test_table_rows_sum_to_one_and_chunking_is_exact(p, chunk):
     torch.testing.assert_close(table.log_probs.exp().sum(1), torch.ones(p["n"]), atol=1e-5, rtol=0)
     chunked = PosteriorTable.from_data(x, GaussianKernel(p["bandwidth"]), chunk_size=chunk)
     assert torch.equal(chunked.indices, table.indices)
-    torch.testing.assert_close(chunked.log_probs, table.log_probs)
+    # float32 matrix products of different block shapes round differently: relative 1e-5.
+    torch.testing.assert_close(chunked.log_probs, table.log_probs, rtol=1e-5, atol=1e-4)
     m = max(1, p["n"] // 2)
     trunc = PosteriorTable.from_data(x, GaussianKernel(p["bandwidth"]), max_support=m, chunk_size=chunk)
-    torch.testing.assert_close(trunc.log_probs, table.log_probs[:, :m])
+    torch.testing.assert_close(trunc.log_probs, table.log_probs[:, :m], rtol=1e-5, atol=1e-4)
 
 
 @settings(max_examples=30, deadline=None)
