@@ -162,6 +162,7 @@ class TraceMAPA_ELBO(ELBO):
     def _run(self, model, guide, args, kwargs):
         """One vectorized run of the model with the index site forced (a single model pass)."""
         guide = self._check_guide(guide)
+        guide.table._check_k(self.num_top)  # K beyond the table's support: a clear error before any run
         if self.max_plate_nesting == float("inf"):
             info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
             guide.check_model_site(info.site, info.plate_size)

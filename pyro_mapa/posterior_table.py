@@ -264,6 +264,10 @@ class PosteriorTable:
             raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
         kernel.validate(data)
         n = data.shape[0]
+        if n < 2:
+            raise ValueError(
+                f"data has {n} row; MAPA needs at least 2 observations (one code per observation)"
+            )
         if max_support is not None:
             _check_count(max_support, "max_support")
             if not 1 <= max_support <= n:
