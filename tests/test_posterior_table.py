@@ -185,3 +185,8 @@ def test_bernoulli_ties_broken_by_index_in_truncated_tables():
     full = PosteriorTable.from_data(x, kernel)
     torch.testing.assert_close(table.log_probs, full.log_probs[:, :10])
     torch.testing.assert_close(table.log_normalizer, full.log_normalizer)
+
+
+def test_single_observation_is_refused():
+    with pytest.raises(ValueError, match="at least 2 observations"):
+        PosteriorTable.from_data(torch.zeros(1, 3), GaussianKernel(1.0))
