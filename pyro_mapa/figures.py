@@ -70,7 +70,6 @@ def plot_kl_vs_passes(summary: dict[str, Any], st, path: Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=method)
             for x, y, label in pts:
                 ax.annotate(label.replace(f"{method} ", ""), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
-        ax.set_xscale("log")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("network passes / point / step")
         ax.set_ylabel("test KL")
