@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ._io import atomic_torch_save
 from .kernels import ProximityKernel, squared_distances
 
 __all__ = [
@@ -608,7 +608,6 @@ class PosteriorTable:
         and a checksum of the tensors; :meth:`load` reads it with
         ``torch.load(weights_only=True)``, so no code is ever unpickled.
         """
-        path = Path(path)
         tensors = self._payload_tensors()
         meta = {
             "format": FORMAT_NAME,
@@ -620,19 +619,7 @@ class PosteriorTable:
             "total_rows": self.total_rows,
             "checksum": self._checksum(tensors),
         }
-        payload = {"meta": json.dumps(meta), **tensors}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_torch_save({"meta": json.dumps(meta), **tensors}, path)
 
     @classmethod
     def load(
