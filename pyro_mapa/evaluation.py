@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .baselines import mlp
 from .codebook import AmortizedCodebook
-from .likelihoods import Likelihood
+from .likelihoods import Likelihood, NormalLikelihood
 from .mapa_elbo import NonFiniteLossError
 from .posterior_table import _check_count
 
@@ -35,6 +35,59 @@ __all__ = [
     "quadrature_log_likelihood",
     "stratified_iwae_bound",
 ]
+
+
+def _log_mixture(
+    x: Tensor, params: Tensor, log_w: Tensor | None, likelihood: Likelihood, max_elements: int = 2**24
+) -> Tensor:
+    """``logsumexp_g [log_w[g] + log p(x_n | params[g])]`` per point, in blocks of at most ``max_elements``.
+
+    Blocks run over both the points and the mixture components, so memory stays bounded
+    (about ``max_elements`` likelihood terms at a time) whatever the grid or data size.
+    A Gaussian likelihood takes a matrix-multiply path in float64
+    (``||x - μ||² = ||x||² + ||μ||² - 2 x·μ``): one GEMM per block instead of a
+    ``(G, b, D)`` tensor.
+    """
+    if isinstance(likelihood, NormalLikelihood) and params.dim() == 2:
+        return _log_mixture_normal(x, params, log_w, likelihood.sigma, max_elements)
+    g, d = params.shape[0], max(1, x[0].numel())
+    g_chunk = min(g, max(1, max_elements // d))
+    x_chunk = max(1, max_elements // (g_chunk * d))
+    out = []
+    for xs in range(0, x.shape[0], x_chunk):
+        xb = x[xs : xs + x_chunk].unsqueeze(0)
+        acc = None
+        for gs in range(0, g, g_chunk):
+            lp = likelihood(params[gs : gs + g_chunk].unsqueeze(1)).log_prob(xb)  # (g_chunk, b)
+            if log_w is not None:
+                lp = lp + log_w[gs : gs + g_chunk].unsqueeze(1)
+            part = torch.logsumexp(lp, dim=0)
+            acc = part if acc is None else torch.logaddexp(acc, part)
+        out.append(acc)
+    return torch.cat(out)
+
+
+def _log_mixture_normal(x: Tensor, means: Tensor, log_w: Tensor | None, sigma: float, max_elements: int) -> Tensor:
+    x64, mu = x.to(torch.float64).reshape(len(x), -1), means.to(torch.float64)
+    d = mu.shape[1]
+    const = -d * math.log(sigma * math.sqrt(2 * math.pi))
+    mu_sq = (mu * mu).sum(1)
+    g_chunk = min(len(mu), max(1, max_elements // 64))
+    x_chunk = max(1, max_elements // g_chunk)
+    out = []
+    for xs in range(0, len(x64), x_chunk):
+        xb = x64[xs : xs + x_chunk]
+        xb_sq = (xb * xb).sum(1, keepdim=True)
+        acc = None
+        for gs in range(0, len(mu), g_chunk):
+            d2 = (xb_sq + mu_sq[gs : gs + g_chunk].unsqueeze(0) - 2 * xb @ mu[gs : gs + g_chunk].T).clamp(min=0)
+            lp = const - d2 / (2 * sigma**2)  # (b, g_chunk)
+            if log_w is not None:
+                lp = lp + log_w[gs : gs + g_chunk].to(torch.float64).unsqueeze(0)
+            part = torch.logsumexp(lp, dim=1)
+            acc = part if acc is None else torch.logaddexp(acc, part)
+        out.append(acc)
+    return torch.cat(out).to(x.dtype)
 
 
 def empirical_log_likelihood(
@@ -54,7 +107,7 @@ def empirical_log_likelihood(
         codebook: Encoder, decoder and the ``N`` training points.
         likelihood: The observation model.
         x: Query points (default: the training points themselves).
-        chunk_size: Query points per block.
+        chunk_size: Query points per block (fewer when a block would exceed 2^24 terms).
 
     Returns:
         A ``(len(x),)`` tensor.
@@ -62,12 +115,8 @@ def empirical_log_likelihood(
     params = codebook.decoder(codebook.codes())  # (N, ...)
     n = params.shape[0]
     x = codebook.data if x is None else x
-    out = []
-    for start in range(0, x.shape[0], chunk_size):
-        xb = x[start : start + chunk_size]
-        lp = likelihood(params.unsqueeze(1)).log_prob(xb.unsqueeze(0))  # (N, b)
-        out.append(torch.logsumexp(lp, dim=0) - math.log(n))
-    return torch.cat(out)
+    budget = min(2**24, chunk_size * n * x[0].numel())
+    return _log_mixture(x, params, None, likelihood, max_elements=budget) - math.log(n)
 
 
 def gauss_legendre_grid(
@@ -108,12 +157,7 @@ def quadrature_log_likelihood(
     log_w = log_w.to(x.device, x.dtype)
     with torch.no_grad():
         params = decode(u)  # (G, ...)
-    out = []
-    for start in range(0, x.shape[0], chunk_size):
-        xb = x[start : start + chunk_size]
-        lp = likelihood(params.unsqueeze(1)).log_prob(xb.unsqueeze(0))  # (G, b)
-        out.append(torch.logsumexp(lp + log_w.unsqueeze(1), dim=0))
-    return torch.cat(out)
+    return _log_mixture(x, params, log_w, likelihood, max_elements=min(2**24, chunk_size * len(log_w) * x[0].numel()))
 
 
 # ---------------------------------------------------------------------------
@@ -166,12 +210,7 @@ def grid_log_likelihood(
     with torch.no_grad():
         log_w = log_w + log_prior(z)
         params = decode(z)
-    out = []
-    for start in range(0, x.shape[0], chunk_size):
-        xb = x[start : start + chunk_size]
-        lp = likelihood(params.unsqueeze(1)).log_prob(xb.unsqueeze(0))  # (G, b)
-        out.append(torch.logsumexp(lp + log_w.unsqueeze(1), dim=0))
-    return torch.cat(out)
+    return _log_mixture(x, params, log_w, likelihood, max_elements=min(2**24, chunk_size * len(log_w) * x[0].numel()))
 
 
 class ImportanceEstimate(NamedTuple):
