@@ -21,7 +21,7 @@ Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
 from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
 from .codebook import AmortizedCodebook
 from .diagnostics import to_inference_data
-from .distributions import TableCategorical
+from .distributions import TableCategorical, UniformIndex
 from .evaluation import (
     ImportanceEstimate,
     MixtureProposal,
@@ -60,6 +60,7 @@ __all__ = [
     "TableCategorical",
     "TraceIWAE_ELBO",
     "TraceMAPA_ELBO",
+    "UniformIndex",
     "VAEModel",
     "empirical_log_likelihood",
     "fit_proposal",

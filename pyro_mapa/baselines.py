@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .codebook import AmortizedCodebook
+from .distributions import UniformIndex
 from .likelihoods import Likelihood
 
 __all__ = ["EmpiricalizedModel", "MeanFieldGuide", "VAEModel", "mlp"]
@@ -124,7 +125,6 @@ class EmpiricalizedModel(nn.Module):
         super().__init__()
         self.codebook = codebook
         self.likelihood = likelihood
-        self.register_buffer("prior_logits", torch.zeros(codebook.num_codes))
 
     @property
     def data(self) -> Tensor:
@@ -133,5 +133,5 @@ class EmpiricalizedModel(nn.Module):
     def forward(self, batch_idx: Tensor | None = None) -> Tensor:
         pyro.module("codebook", self.codebook)
         with pyro.plate("data", len(self.data), subsample=batch_idx) as idx:
-            c = pyro.sample("c", dist.Categorical(logits=self.prior_logits))
+            c = pyro.sample("c", UniformIndex(len(self.data)))  # = Categorical(logits=zeros(N)), O(1) log_prob
             return pyro.sample("x", self.likelihood(self.codebook(c)), obs=self.data[idx])

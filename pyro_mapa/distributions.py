@@ -1,12 +1,14 @@
-"""A categorical distribution over ``N`` codes whose support is a sparse row of a table."""
+"""Distributions over the ``N`` code indices: a sparse table row, and the uniform index prior."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from pyro.distributions import TorchDistribution, constraints
 from torch import Tensor
 
-__all__ = ["TableCategorical"]
+__all__ = ["TableCategorical", "UniformIndex"]
 
 
 class TableCategorical(TorchDistribution):
@@ -83,3 +85,48 @@ class TableCategorical(TorchDistribution):
         p = self.logits.exp()
         mean = (p * x).sum(-1, keepdim=True)
         return (p * (x - mean) ** 2).sum(-1)
+
+
+class UniformIndex(TorchDistribution):
+    """The empiricalized prior :math:`c \\sim \\mathrm{Uniform}\\{0, .., N-1\\}` at ``O(1)`` cost per value.
+
+    Equal to ``dist.Categorical(logits=torch.zeros(N))``, whose ``log_prob`` broadcasts
+    every value against all ``N`` logits (a ``(K+S, B, N)`` tensor per MAPA step); this
+    one returns :math:`-\\log N` directly, which matters for large ``N``.
+
+    Arguments:
+        num_categories: ``N``.
+    """
+
+    arg_constraints: dict = {}
+    has_enumerate_support = False
+
+    def __init__(self, num_categories: int, batch_shape=torch.Size(), validate_args: bool | None = None) -> None:
+        if int(num_categories) < 1:
+            raise ValueError(f"num_categories must be >= 1, got {num_categories}")
+        self.num_categories = int(num_categories)
+        super().__init__(batch_shape=torch.Size(batch_shape), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.num_categories - 1)
+
+    def expand(self, batch_shape, _instance=None):
+        return UniformIndex(self.num_categories, batch_shape, validate_args=self._validate_args)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        return torch.randint(self.num_categories, torch.Size(sample_shape) + self.batch_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        shape = torch.broadcast_shapes(value.shape, self.batch_shape)
+        return torch.full(shape, -math.log(self.num_categories), device=value.device)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.full(self.batch_shape, (self.num_categories - 1) / 2)
+
+    @property
+    def variance(self) -> Tensor:
+        return torch.full(self.batch_shape, (self.num_categories**2 - 1) / 12)

@@ -327,3 +327,20 @@ def test_model_without_the_site_raises():
     model, x, table = setup()
     with pytest.raises(ValueError):
         MAPAGuide(table, site="z", model=model)(IDX)
+
+
+def test_uniform_index_equals_categorical_with_zero_logits():
+    import math as _math
+
+    from pyro_mapa.distributions import UniformIndex
+
+    u, c = UniformIndex(7), dist.Categorical(logits=torch.zeros(7))
+    v = torch.tensor([[0, 3], [6, 2]])
+    torch.testing.assert_close(u.expand((2, 2)).log_prob(v), c.expand((2, 2)).log_prob(v))
+    assert u.support.upper_bound == 6 and u.expand((3,)).batch_shape == (3,)
+    s = UniformIndex(5).sample((4000,))
+    assert s.min() == 0 and s.max() == 4
+    assert abs(float(s.float().mean()) - 2.0) < 0.1
+    assert float(u.log_prob(torch.tensor(1))) == pytest.approx(-_math.log(7))
+    with pytest.raises(ValueError):
+        UniformIndex(7, validate_args=True).log_prob(torch.tensor(9))
