@@ -22,7 +22,6 @@ from typing import Sequence
 
 import pyro
 import pyro.distributions as dist
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from .datasets import load_dataset  # noqa: E402
-from .posterior_table import PosteriorTable  # noqa: E402
 
 __all__ = [
     "make_all",
@@ -187,7 +186,7 @@ def plot_non_identifiability(results: list[dict[str, Any]], st, path: Path) -> d
         v2 = torch.tensor(vae["vae_decoded_codes"])
         ax = axes[i, 0]
         ax.scatter(ds.train[:, 0], ds.train[:, 1], s=2, color="0.7", label="training data")
-        o1, o2 = torch.argsort(ds.train_z[:, 0]), torch.argsort(v2[:, 0] + 1e-3 * v2[:, 1])
+        o1 = torch.argsort(ds.train_z[:, 0])
         ax.plot(v1[o1, 0], v1[o1, 1], lw=1.5, label="variant 1: true f(z_i)")
         ax.scatter(v2[:, 0], v2[:, 1], s=2, color="C1", label="variant 2: VAE f(g(x_i))")
         ax.set_title(f"{name}: two decoders that fit the data", fontsize=9)

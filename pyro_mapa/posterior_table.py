@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._io import atomic_torch_save
-from .kernels import ProximityKernel, squared_distances
+from .kernels import ProximityKernel
 
 __all__ = [
     "PosteriorTable",

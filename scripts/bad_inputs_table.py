@@ -2,9 +2,10 @@
 
 Run:  python scripts/bad_inputs_table.py
 """
-import math, torch, pyro, pyro.distributions as dist, warnings, tempfile, os
+import torch, pyro, warnings, tempfile, os
 warnings.simplefilter("ignore")
-from pyro_mapa import *
+from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
+                       NormalLikelihood, PosteriorTable, TraceIWAE_ELBO, TraceMAPA_ELBO, mlp)
 from pyro_mapa.checkpoint import load_checkpoint
 from pyro_mapa.training import fit
 from pyro_mapa.methods import build_method

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_empiricalized
-from pyro_mapa import GaussianKernel, MAPAGuide, PosteriorTable
+from pyro_mapa import PosteriorTable
 from pyro_mapa.datasets import load_dataset
 from pyro_mapa.diagnostics import (
     TrainingTrace,

@@ -21,7 +21,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import pyro
-import torch
 
 from pyro_mapa import to_inference_data
 from pyro_mapa.datasets import load_dataset
