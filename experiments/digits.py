@@ -71,7 +71,7 @@ def run(args) -> dict:
                     row["test_ll_quadrature"] = float(learned.log_prob(test, num_points=args.grid).mean())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    return {"rows": rows, "settings": vars(args)}
+    return {"rows": rows, "settings": {**vars(args), "output": str(args.output)}}
 
 
 def main() -> None:
@@ -92,7 +92,6 @@ def main() -> None:
     out["wall_clock_seconds"] = round(time.perf_counter() - start, 1)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        out["settings"]["output"] = str(args.output)
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 
 
