@@ -230,6 +230,7 @@ class PosteriorTable:
         self.fingerprint = fingerprint
         self.config = dict(config or {})
         self._log_suffix: Tensor | None = None  # built lazily by log_suffix_mass()
+        self.log_normalizer_se: Tensor | None = None  # set by the sampled normalizer only
         # A shard holds data rows [row_offset, row_offset + R) of a data set of total_rows.
         self.row_offset = int(row_offset)
         self.total_rows = int(total_rows) if total_rows is not None else self.row_offset + indices.shape[0]
@@ -246,6 +247,10 @@ class PosteriorTable:
         device: torch.device | str | None = None,
         progress: bool | None = None,
         rows: range | None = None,
+        neighbors: str = "exact",
+        normalizer: str = "exact",
+        num_normalizer_samples: int = 1024,
+        seed: int = 0,
     ) -> PosteriorTable:
         """Builds the MAPA table of ``data`` under ``kernel`` (Eq. 8), exactly, in row chunks.
 
@@ -259,6 +264,13 @@ class PosteriorTable:
             progress: Show a tqdm progress bar (default: for large ``N``).
             rows: Build only these data rows (a contiguous ``range``), e.g. one process's
                 shard in data-parallel training; every row still covers all ``N`` columns.
+            neighbors: ``"exact"`` (default) or ``"hnsw"``: approximate top-``M`` candidates
+                from a faiss HNSW graph, kernel values exact (needs ``max_support`` and
+                ``pip install faiss-cpu``; recall in docs/scaling.md).
+            normalizer: With ``neighbors="hnsw"``: ``"exact"`` (an ``O(N²)`` logsumexp pass) or
+                ``"sampled"`` (tail estimated from ``num_normalizer_samples`` random columns;
+                its per-row standard error is kept in ``table.log_normalizer_se``).
+            seed: Seeds the sampled normalizer.
         """
         if not isinstance(kernel, ProximityKernel):
             raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
@@ -283,8 +295,27 @@ class PosteriorTable:
                 raise ValueError("chunk_size must be >= 1")
         if rows is not None and (not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start < rows.stop <= n):
             raise ValueError(f"rows must be a contiguous range inside [0, N={n}), got {rows!r}")
+        if neighbors not in ("exact", "hnsw"):
+            raise ValueError(f"neighbors must be 'exact' or 'hnsw', got {neighbors!r}")
+        if normalizer not in ("exact", "sampled"):
+            raise ValueError(f"normalizer must be 'exact' or 'sampled', got {normalizer!r}")
         fingerprint = data_fingerprint(data)
         x = data.to(device) if device is not None else data
+        if neighbors == "hnsw":
+            if max_support is None or rows is not None:
+                raise ValueError("neighbors='hnsw' needs max_support=M and builds all rows (rows=None)")
+            from .neighbors import approximate_table_rows
+
+            idx, lp, lz, lz_se = approximate_table_rows(
+                x.detach(), kernel, max_support, normalizer, num_normalizer_samples, seed
+            )
+            table = cls(idx, lp, n, log_normalizer=lz, fingerprint=fingerprint,
+                        config={**kernel.config(), "max_support": max_support, "neighbors": "hnsw",
+                                "normalizer": normalizer}, total_rows=n)
+            table.log_normalizer_se = lz_se
+            return table
+        if normalizer != "exact":
+            raise ValueError("normalizer='sampled' goes with neighbors='hnsw'; the exact builder is exact")
         indices, log_probs, log_norm = build_table(
             x.detach(), kernel, max_support=max_support, chunk_size=chunk_size, progress=progress, rows=rows
         )
