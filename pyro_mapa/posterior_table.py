@@ -251,6 +251,7 @@ class PosteriorTable:
         normalizer: str = "exact",
         num_normalizer_samples: int = 1024,
         seed: int = 0,
+        hnsw_options: dict[str, int] | None = None,
     ) -> PosteriorTable:
         """Builds the MAPA table of ``data`` under ``kernel`` (Eq. 8), exactly, in row chunks.
 
@@ -271,6 +272,8 @@ class PosteriorTable:
                 ``"sampled"`` (tail estimated from ``num_normalizer_samples`` random columns;
                 its per-row standard error is kept in ``table.log_normalizer_se``).
             seed: Seeds the sampled normalizer.
+            hnsw_options: ``hnsw_m``, ``ef_construction``, ``ef_search`` for the faiss graph
+                (raise ``ef_search`` for recall).
         """
         if not isinstance(kernel, ProximityKernel):
             raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
@@ -307,7 +310,7 @@ class PosteriorTable:
             from .neighbors import approximate_table_rows
 
             idx, lp, lz, lz_se = approximate_table_rows(
-                x.detach(), kernel, max_support, normalizer, num_normalizer_samples, seed
+                x.detach(), kernel, max_support, normalizer, num_normalizer_samples, seed, **(hnsw_options or {})
             )
             table = cls(idx, lp, n, log_normalizer=lz, fingerprint=fingerprint,
                         config={**kernel.config(), "max_support": max_support, "neighbors": "hnsw",

@@ -75,3 +75,14 @@ def test_bad_backend_arguments(data):
         PosteriorTable.from_data(data, k, max_support=8, normalizer="sampled")
     with pytest.raises(ValueError, match="normalizer"):
         PosteriorTable.from_data(data, k, max_support=8, neighbors="hnsw", normalizer="guess")
+
+
+def test_hnsw_options_raise_recall(data):
+    k = GaussianKernel(2.0)
+    exact = PosteriorTable.from_data(data, k, max_support=16)
+
+    def recall(opts):
+        t = PosteriorTable.from_data(data, k, max_support=16, neighbors="hnsw", hnsw_options=opts)
+        return sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(exact.indices, t.indices))
+
+    assert recall({"hnsw_m": 4, "ef_search": 16}) < recall({"hnsw_m": 32, "ef_search": 256})
