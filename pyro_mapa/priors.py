@@ -172,7 +172,10 @@ class PriorDistribution(TorchDistribution):
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         if not self.has_rsample:
-            raise NotImplementedError(f"{type(self.prior).__name__} has no reparameterized sampler")
+            raise TypeError(
+                f"{type(self.prior).__name__} has no reparameterized sampler; use .sample(), or a "
+                "FlowPrior where gradients must flow through the draws"
+            )
         return self.prior.rsample(torch.Size(sample_shape) + self.batch_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:

@@ -26,3 +26,22 @@ def test_experiment_quick_mode(script, tmp_path):
         assert all(r["test_ll_is"] == r["test_ll_is"] for r in data["rows"])  # no NaN
     else:
         assert set(data["methods"]) == {"MAPA", "VAE"} and data["table_seconds"] > 0
+
+
+def test_highdim_truth_quadrature_has_converged():
+    """The 64-D experiment's exact log p_true: 201² and 401² grid nodes agree (docs/results.md)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    try:
+        import synthetic_highdim as hd
+    finally:
+        sys.path.pop(0)
+    from pyro_mapa.evaluation import grid_log_likelihood
+
+    f = hd.true_decoder()
+    x = hd.draw(f, 5, 2).double()
+    f64 = lambda z: f(z.float()).double()  # noqa: E731
+    lik = hd.NormalLikelihood(hd.SIGMA)
+    a, b = (grid_log_likelihood(x, f64, hd.std_normal_log_prob, lik, [-6, -6], [6, 6], n) for n in (201, 401))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)

@@ -307,6 +307,8 @@ def test_kde_two_dimensional_sample_covariance():
     d = kde.distribution()
     assert not d.has_rsample
     assert d.expand([4]).sample().shape == (4, 2)
+    with pytest.raises(TypeError, match="no reparameterized sampler"):
+        d.rsample()
 
 
 def test_kde_and_flow_agree_on_a_gaussian(gauss_prior):
