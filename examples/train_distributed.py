@@ -16,8 +16,8 @@ import torch.distributed as dist
 from pyro.optim import Adam
 
 from pyro_mapa import AmortizedCodebook, EmpiricalizedModel, MAPAGuide, PosteriorTable, TraceMAPA_ELBO, mlp
-from pyro_mapa.datasets import load_dataset
-from pyro_mapa.distributed import DistributedSVI, shard_batches, shard_rows
+from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.training.distributed import DistributedSVI, shard_batches, shard_rows
 
 
 def main() -> None:

@@ -1,27 +1,26 @@
 """pyro_mapa: MAPA (Model-Agnostic Posterior Approximation) for training VAEs with Pyro.
 
-The whole public API::
+The whole public API, by layer (subpackage)::
 
-    kernels      GaussianKernel, BernoulliKernel, ProximityKernel
-    table        PosteriorTable
-    guide        MAPAGuide
-    networks     AmortizedCodebook, mlp
-    models       EmpiricalizedModel, VAEModel, MeanFieldGuide
-    likelihoods  NormalLikelihood, BernoulliLikelihood
-    losses       TraceMAPA_ELBO, TraceIWAE_ELBO
-    priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
+    table        GaussianKernel, BernoulliKernel, ProximityKernel, PosteriorTable
+    models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
+                 NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex
+    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO
     evaluation   empirical_log_likelihood, quadrature_log_likelihood,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
+    priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
     diagnostics  to_inference_data (more in pyro_mapa.diagnostics)
+    errors       NonFiniteLossError
+
+``pyro_mapa.training`` (``fit``, checkpoints, data-parallel) and ``pyro_mapa.experiments``
+(benchmarks, method registry, reproduction) are imported on demand.
 
 Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
 Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
 """
 
-from .baselines import EmpiricalizedModel, MeanFieldGuide, VAEModel, mlp
-from .codebook import AmortizedCodebook
 from .diagnostics import to_inference_data
-from .distributions import TableCategorical, UniformIndex
+from .errors import NonFiniteLossError
 from .evaluation import (
     ImportanceEstimate,
     MixtureProposal,
@@ -30,13 +29,20 @@ from .evaluation import (
     importance_log_likelihood,
     quadrature_log_likelihood,
 )
-from .guide import MAPAGuide
-from .iwae_elbo import TraceIWAE_ELBO
-from .kernels import BernoulliKernel, GaussianKernel, ProximityKernel
-from .likelihoods import BernoulliLikelihood, NormalLikelihood
-from .mapa_elbo import NonFiniteLossError, TraceMAPA_ELBO
-from .posterior_table import PosteriorTable
+from .infer import MAPAGuide, TraceIWAE_ELBO, TraceMAPA_ELBO
+from .models import (
+    AmortizedCodebook,
+    BernoulliLikelihood,
+    EmpiricalizedModel,
+    MeanFieldGuide,
+    NormalLikelihood,
+    TableCategorical,
+    UniformIndex,
+    VAEModel,
+    mlp,
+)
 from .priors import FlowPrior, GaussianCopulaPrior, KDEPrior
+from .table import BernoulliKernel, GaussianKernel, PosteriorTable, ProximityKernel
 
 __version__ = "0.1.0"
 

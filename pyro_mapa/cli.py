@@ -27,8 +27,8 @@ def run_demo(
     Both use the same decoder architecture; MAPA's prior is recovered by a Gaussian
     copula, and both test log-likelihoods are exact (quadrature over the 1-D latent).
     """
-    from .datasets import load_dataset
-    from .methods import build_method
+    from .experiments.datasets import load_dataset
+    from .experiments.methods import build_method
     from .training import fit
 
     ds = load_dataset("figure8", num_train=num_train, num_valid=10, num_test=num_test, seed=seed)
@@ -87,9 +87,9 @@ def _demo(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .datasets import DATASET_NAMES
-    from .methods import METHODS
-    from .reproduce import ReproductionSettings, run_reproduction
+    from .experiments.datasets import DATASET_NAMES
+    from .experiments.methods import METHODS
+    from .experiments.reproduce import ReproductionSettings, run_reproduction
 
     for name in args.datasets:
         if name not in DATASET_NAMES:

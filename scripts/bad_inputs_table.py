@@ -6,10 +6,10 @@ import torch, pyro, warnings, tempfile, os
 warnings.simplefilter("ignore")
 from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
                        NormalLikelihood, PosteriorTable, TraceIWAE_ELBO, TraceMAPA_ELBO, mlp)
-from pyro_mapa.checkpoint import load_checkpoint
+from pyro_mapa.training.checkpoint import load_checkpoint
 from pyro_mapa.training import fit
-from pyro_mapa.methods import build_method
-from pyro_mapa.datasets import load_dataset
+from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.experiments.datasets import load_dataset
 torch.manual_seed(0)
 X = torch.randn(20, 2)
 K = GaussianKernel(0.5)

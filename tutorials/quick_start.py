@@ -26,8 +26,8 @@ from pyro_mapa import (
     VAEModel,
     mlp,
 )
-from pyro_mapa.datasets import load_dataset
-from pyro_mapa.methods import LearnedModel
+from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.experiments.methods import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 
 smoke_test = "CI" in os.environ

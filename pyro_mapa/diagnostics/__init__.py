@@ -1,0 +1,26 @@
+"""Diagnostics in the Pyro + ArviZ workflow.
+
+- :func:`to_inference_data` (:mod:`.inference_data`): draws, log-likelihoods and weights as ArviZ data.
+- :func:`index_posterior`, :func:`proposal_quality` (:mod:`.proposal_quality`): is the fixed MAPA table a
+  good proposal for the model that was learned?
+- :func:`importance_diagnostics`, :func:`kish_ess` (:mod:`.importance`): Pareto k̂ and ESS of importance weights.
+- :class:`TrainingTrace` (:mod:`.traces`): loss and validation log-likelihood per epoch.
+
+ArviZ is imported only when a function that needs it runs.
+"""
+
+from .importance import ImportanceDiagnostics, importance_diagnostics, kish_ess
+from .inference_data import to_inference_data
+from .proposal_quality import ProposalQuality, index_posterior, proposal_quality
+from .traces import TrainingTrace
+
+__all__ = [
+    "ImportanceDiagnostics",
+    "ProposalQuality",
+    "TrainingTrace",
+    "importance_diagnostics",
+    "index_posterior",
+    "kish_ess",
+    "proposal_quality",
+    "to_inference_data",
+]

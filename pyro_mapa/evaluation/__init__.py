@@ -1,0 +1,35 @@
+"""Log-likelihood evaluators (METHOD.md §7).
+
+- Exact (:mod:`.exact`): the empiricalized model by enumeration, 1-D latents by quadrature,
+  1-D and 2-D latents under any prior by grid quadrature. All rest on the one
+  log-likelihood matrix of :mod:`.index_loglik`.
+- Any latent dimension (:mod:`.importance`, :mod:`.proposal`, :mod:`.fit_proposal`):
+  importance sampling with a fitted amortized mixture proposal, reporting a Monte-Carlo
+  standard error and keeping the log-weights for diagnostics.
+"""
+
+from .exact import (
+    empirical_log_likelihood,
+    gauss_legendre_grid,
+    grid_log_likelihood,
+    quadrature_log_likelihood,
+)
+from .fit_proposal import fit_proposal
+from .importance import ImportanceEstimate, importance_log_likelihood, stratified_iwae_bound
+from .index_loglik import index_log_likelihood, log_mixture_likelihood
+from .proposal import MixtureProposal, Proposal
+
+__all__ = [
+    "ImportanceEstimate",
+    "MixtureProposal",
+    "Proposal",
+    "empirical_log_likelihood",
+    "fit_proposal",
+    "gauss_legendre_grid",
+    "grid_log_likelihood",
+    "importance_log_likelihood",
+    "index_log_likelihood",
+    "log_mixture_likelihood",
+    "quadrature_log_likelihood",
+    "stratified_iwae_bound",
+]

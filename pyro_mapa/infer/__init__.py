@@ -1,0 +1,12 @@
+"""Pyro objectives and guides: MAPA's bound and guide, our minibatch-safe IWAE.
+
+Every objective is a :class:`pyro.infer.ELBO` (``loss``, ``loss_and_grads``,
+``differentiable_loss``), so it swaps into :class:`pyro.infer.SVI` with one argument.
+:mod:`._pyro_compat` is the only module that touches Pyro internals.
+"""
+
+from .iwae_elbo import TraceIWAE_ELBO
+from .mapa_elbo import TraceMAPA_ELBO
+from .mapa_guide import MAPAGuide
+
+__all__ = ["MAPAGuide", "TraceIWAE_ELBO", "TraceMAPA_ELBO"]

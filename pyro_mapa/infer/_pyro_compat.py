@@ -1,0 +1,49 @@
+"""The one module that touches Pyro names its public modules do not export.
+
+Everything else in :mod:`pyro_mapa` imports only what ``pyro``, ``pyro.infer``,
+``pyro.poutine``, ``pyro.distributions``, ``pyro.optim`` and ``pyro.nn`` export; when a Pyro
+release moves one of the internals below, this file (and its tests,
+``tests/infer/test_pyro_compat.py``) is the only place to change. Checked with
+pyro-ppl 1.8.6 and 1.9.x.
+
+- :class:`Messenger`: the base class of Pyro's effect handlers (``pyro.poutine.messenger``).
+- :func:`site_is_subsample`: whether a trace site is a plate's ``_Subsample`` site.
+- :func:`scale_and_mask`: ``log_prob`` times a site's scale, zeroed where masked.
+- :func:`get_importance_trace`: guide trace, then model replayed against it, log-probs computed.
+- :func:`get_traces`: ``ELBO._get_traces``, the (vectorized) particle loop of an ``ELBO``.
+- :data:`VECTORIZED_PARTICLE_PLATE`: the plate name ``ELBO`` uses for vectorized particles.
+- :func:`detach_distribution`: a copy of a distribution with its parameters detached.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from pyro.distributions.util import detach as _detach
+from pyro.distributions.util import scale_and_mask
+from pyro.infer import ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+__all__ = [
+    "VECTORIZED_PARTICLE_PLATE",
+    "Messenger",
+    "detach_distribution",
+    "get_importance_trace",
+    "get_traces",
+    "scale_and_mask",
+    "site_is_subsample",
+]
+
+VECTORIZED_PARTICLE_PLATE = "num_particles_vectorized"
+
+
+def get_traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> Iterator[Any]:
+    """``(model_trace, guide_trace)`` pairs from ``elbo``'s own particle loop (``ELBO._get_traces``)."""
+    return elbo._get_traces(model, guide, args, kwargs)
+
+
+def detach_distribution(fn: Any) -> Any:
+    """A shallow copy of the distribution ``fn`` whose tensor parameters are detached (for DReG)."""
+    return _detach(fn)

@@ -1,0 +1,315 @@
+"""``TraceMAPA_ELBO``: the MAPA lower bound (Eq. 9-10) as a Pyro ELBO."""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import ELBO
+from torch import Tensor
+
+from ..errors import NonFiniteLossError, check_count
+from ..table.counter_rng import counter_uniform
+from ._pyro_compat import Messenger, site_is_subsample
+from ._tracing import (
+    peek_index_site,
+    plate_frame,
+    reduce_to_particle_point,
+    same_scale,
+    scalar_scale,
+    site_log_prob,
+)
+from .mapa_guide import MAPAGuide
+
+__all__ = ["TraceMAPA_ELBO"]
+
+_PARTICLE_PLATE = "_mapa_particles"
+
+
+class TraceMAPA_ELBO(ELBO):
+    """The MAPA bound: top-``K`` indices summed exactly plus ``S`` importance samples of the rest.
+
+    For each data point :math:`x_n` with :math:`\\ell_i = \\log p_\\theta(x_n \\mid f_\\theta(g_\\phi(x_i)))`
+    and :math:`T_K(n)` the ``K`` most probable indices of the MAPA table row,
+
+    .. math::
+        L_n = \\operatorname{logsumexp}\\big(
+              [\\ell_i - \\log N]_{i \\in T_K(n)} \\,\\Vert\\,
+              [\\ell_{i_s} - \\log N - \\log \\tilde q_n(i_s) - \\log S]_{s=1..S} \\big),
+        \\qquad i_s \\sim \\tilde q_n,
+
+    and the estimate of :math:`\\log p(X)` is :math:`(N/|B|) \\sum_{n \\in B} L_n`: the
+    minibatch scale is applied *after* the per-point logsumexp, so the estimate stays
+    a lower bound in expectation (unlike ``RenyiELBO``, METHOD.md §9).
+
+    The ``-log N`` (or any prior over the index) is the model's own log-probability of
+    the index site. The model is run once per step with the index site forced to the
+    ``K + S`` values in an outermost particle plate (vectorized); sites outside the
+    data plate (globals) are counted once, not per particle. The guide must be a
+    :class:`~pyro_mapa.MAPAGuide`; it is not run during training (its table is read
+    directly), since it has no parameters and nothing flows through the sampling.
+
+    Properties (tested): ``K = N`` gives the exact log-likelihood of the empiricalized
+    model; ``K = 1, S = 0`` gives the autoencoder objective minus ``N log N``; with
+    ``S = 0`` the bound increases with ``K``; it never exceeds the exact value in
+    expectation.
+
+    Arguments:
+        num_top: ``K``, indices per point taken exactly, ``0 <= K <= M``.
+        num_samples: ``S``, importance samples of the remainder per point.
+        remainder: ``"with_replacement"`` (Eq. 10: ``S`` i.i.d. draws from
+            :math:`\\tilde q_n`, each weighted :math:`1 / (S \\tilde q_n(i))`) or
+            ``"without_replacement"`` (``S`` distinct indices by Gumbel-top-k, each weighted
+            by its inverse inclusion probability given the threshold, the unbiased
+            priority-sampling estimator of Kool et al. 2019; exact once ``S`` covers the
+            remainder, and tighter when a few remainder entries dominate). Both keep the
+            bound valid.
+        max_plate_nesting: As in Pyro; guessed on the first call if left infinite.
+        generator: Optional :class:`torch.Generator` for the remainder draws
+            (default: the global RNG, so ``pyro.set_rng_seed`` controls it).
+        rng_seed: If given, remainder draws are a pure function of
+            ``(rng_seed, step, data row, slot)`` (:func:`~pyro_mapa.table.counter_rng.counter_uniform`),
+            where ``step`` counts this object's evaluations (``step_count``): a point gets the
+            same draws whichever process or batch holds it, so data-parallel training
+            reproduces single-process training (:mod:`pyro_mapa.training.distributed`).
+
+    References:
+        | Towards Model-Agnostic Posterior Approximation for Fast and Accurate
+        | Variational Autoencoders (Yacoby, Pan and Doshi-Velez, AABI 2024)
+        | https://arxiv.org/abs/2403.08941
+    """
+
+    def __init__(
+        self,
+        num_top: int = 1,
+        num_samples: int = 0,
+        *,
+        remainder: str = "with_replacement",
+        max_plate_nesting: float = float("inf"),
+        generator: torch.Generator | None = None,
+        rng_seed: int | None = None,
+        retain_graph: bool | None = None,
+    ) -> None:
+        self.rng_seed = rng_seed
+        self.step_count = 0
+        if remainder not in ("with_replacement", "without_replacement"):
+            raise ValueError(
+                f"remainder must be 'with_replacement' or 'without_replacement', got {remainder!r}"
+            )
+        self.remainder = remainder
+        self.num_top = check_count(num_top, "num_top")
+        self.num_samples = check_count(num_samples, "num_samples")
+        if self.num_top + self.num_samples < 1:
+            raise ValueError("num_top + num_samples must be >= 1 (e.g. num_top=1, num_samples=0)")
+        self.generator = generator
+        super().__init__(num_particles=1, max_plate_nesting=max_plate_nesting, retain_graph=retain_graph)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_guide(guide) -> MAPAGuide:
+        if not isinstance(guide, MAPAGuide):
+            raise TypeError(
+                f"TraceMAPA_ELBO needs a MAPAGuide as guide, got {type(guide).__name__}; "
+                "build one with MAPAGuide(table, site, plate)"
+            )
+        return guide
+
+    def _index_values(self, guide: MAPAGuide, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows."""
+        table = guide.table
+        top = table.top_k(rows, self.num_top)
+        uniforms = None
+        if self.rng_seed is not None:
+            width = self.num_samples if self.remainder == "with_replacement" else table.support_size - self.num_top
+            uniforms = counter_uniform(self.rng_seed, self.step_count, rows, width, dtype=table.log_probs.dtype)
+        if self.remainder == "with_replacement":
+            rest = table.sample_remainder(
+                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
+            )
+            s = rest.indices.shape[1]
+            rest_correction = rest.log_probs + (math.log(s) if s else 0.0)
+        else:
+            rest = table.sample_remainder_without_replacement(
+                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
+            )
+            rest_correction = rest.log_probs  # log inclusion probabilities
+        values = torch.cat([top.indices, rest.indices], dim=1).T
+        correction = torch.cat([torch.zeros_like(top.log_probs), rest_correction], dim=1).T
+        return values, correction
+
+    def _guess_nesting(self, model, guide, info, args, kwargs) -> None:
+        """Sets ``max_plate_nesting`` from one unvectorized run of the model (top-1 index, no RNG use)."""
+        top1 = guide.table.top_k(info.subsample.to(guide.table.device), 1).indices[:, 0]
+        data = {guide.site: top1.to(info.subsample.device), guide.plate: info.subsample}
+        with poutine.block():
+            trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        dims = [
+            frame.dim
+            for site in trace.nodes.values()
+            if site["type"] == "sample"
+            for frame in site["cond_indep_stack"]
+            if frame.vectorized
+        ]
+        self.max_plate_nesting = -min(dims) if dims else 1
+
+    def _run(self, model, guide, args, kwargs):
+        """One vectorized run of the model with the index site forced (a single model pass)."""
+        guide = self._check_guide(guide)
+        guide.table._check_k(self.num_top)  # K beyond the table's support: a clear error before any run
+        if self.max_plate_nesting == float("inf"):
+            info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
+            guide.check_model_site(info.site, info.plate_size)
+            self._guess_nesting(model, guide, info, args, kwargs)
+        table = guide.table
+        width = table.support_size - self.num_top
+        drawn = self.num_samples if self.remainder == "with_replacement" else min(self.num_samples, width)
+        num_particles = self.num_top + (drawn if width > 0 else 0)
+        forcing = _ForceIndex(self, guide)
+        self.step_count += 1
+        plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
+        trace = poutine.trace(plate(forcing(model))).get_trace(*args, **kwargs)
+        if forcing.values is None:
+            # Reuse the peek for its precise error (no such site / not in the plate).
+            peek_index_site(model, guide.site, guide.plate, args, kwargs)
+            raise ValueError(f"the model never reached its index site {guide.site!r}")
+        return guide, trace, forcing.values, forcing.correction
+
+    def _estimate(self, model, guide, args, kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+        """The bound's estimate (a differentiable scalar) and its parts, for diagnostics."""
+        guide, trace, values, correction = self._run(model, guide, args, kwargs)
+        num_particles, batch = values.shape
+        particle_dim = -(self.max_plate_nesting + 1)
+        point_lp = torch.zeros(num_particles, batch, device=correction.device)
+        global_lp = torch.zeros((), device=correction.device)
+        plate_scale = None
+        point_mask = None
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if not site["is_observed"]:
+                raise ValueError(
+                    f"the model has a latent sample site {name!r} besides the index site "
+                    f"{guide.site!r}; TraceMAPA_ELBO supports exactly one latent site, the index "
+                    "(make the other sites observed, or use a different ELBO)"
+                )
+            lp = site_log_prob(site)
+            frame = plate_frame(site, guide.plate)
+            if frame is None:
+                g = reduce_to_particle_point(lp, particle_dim, None, (num_particles,))
+                global_lp = global_lp + scalar_scale(site) * g.mean()
+                continue
+            scale = scalar_scale(site)
+            if plate_scale is None:
+                plate_scale = scale
+            elif not same_scale(scale, plate_scale):
+                raise ValueError(
+                    f"all sites in plate {guide.plate!r} must share one scale (site {name!r} differs); "
+                    "TraceMAPA_ELBO applies the minibatch scale after the per-point logsumexp"
+                )
+            point_lp = point_lp + reduce_to_particle_point(
+                lp, particle_dim, frame.dim, (num_particles, batch)
+            )
+            if name == guide.site and site["mask"] is not None and not isinstance(site["mask"], bool):
+                point_mask = reduce_to_particle_point(
+                    site["mask"].to(lp.dtype), particle_dim, frame.dim, (num_particles, batch)
+                )[0].bool()
+        log_w = point_lp - correction.to(point_lp.device)
+        per_point = torch.logsumexp(log_w, dim=0)
+        if point_mask is not None:
+            per_point = torch.where(point_mask, per_point, torch.zeros_like(per_point))
+        scale = 1.0 if plate_scale is None else plate_scale
+        estimate = scale * per_point.sum() + global_lp
+        parts = {"likelihood": point_lp, "remainder_weight": correction, "globals": global_lp}
+        return estimate, parts
+
+    @staticmethod
+    def _check_finite(loss: Tensor, parts: dict[str, Tensor]) -> None:
+        if bool(torch.isfinite(loss)):
+            return
+        # A remainder correction of +inf is a zero weight (an index outside the proposal's support).
+        bad = [
+            k for k, v in parts.items()
+            if bool(torch.isnan(v).any()) or bool((v == -math.inf).any())
+            or (k != "remainder_weight" and not bool(torch.isfinite(v).all()))
+        ]
+        detail = (
+            f"non-finite term(s): {', '.join(bad)}"
+            if bad
+            else "every index of some point has zero likelihood (log-weights all -inf)"
+        )
+        raise NonFiniteLossError(
+            f"the MAPA loss is {float(loss.detach())}; {detail}. Check the data and the decoder outputs "
+            "(e.g. a likelihood scale that reached 0, or NaN parameters after a too large step)"
+        )
+
+    # ------------------------------------------------------------------ ELBO API
+    def _get_trace(self, model, guide, args, kwargs):
+        """The vectorized model trace (index forced to the ``K+S`` values) and a guide trace."""
+        guide, model_trace, _, _ = self._run(model, guide, args, kwargs)
+        subsample = model_trace.nodes[guide.plate]["value"]
+        with poutine.block():
+            guide_trace = poutine.trace(
+                poutine.condition(guide, data={guide.plate: subsample})
+            ).get_trace(*args, **kwargs)
+        return model_trace, guide_trace
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
+        """``-L_{K,S}`` as a differentiable scalar tensor."""
+        estimate, parts = self._estimate(model, guide, args, kwargs)
+        loss = -estimate
+        self._check_finite(loss, parts)
+        return loss
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """``-L_{K,S}`` as a float, without gradients."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """``-L_{K,S}`` as a float; its gradients are accumulated into the parameters' ``.grad``."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return float(loss.detach())
+
+
+class _ForceIndex(Messenger):
+    """Forces the index site to the ``K + S`` table values for the model's own minibatch.
+
+    The data plate's subsample site comes before the index site, so its value (the
+    model's minibatch, however the model chose it) is known when the index site is
+    reached; the values are then read from the table and the site is marked
+    observed, so its log-probability (the index prior, e.g. ``-log N``) is counted.
+    """
+
+    def __init__(self, elbo: TraceMAPA_ELBO, guide: MAPAGuide) -> None:
+        super().__init__()
+        self.elbo = elbo
+        self.guide = guide
+        self.subsample: Tensor | None = None
+        self.values: Tensor | None = None
+        self.correction: Tensor | None = None
+
+    def _pyro_post_sample(self, msg) -> None:
+        if msg["name"] == self.guide.plate and site_is_subsample(msg):
+            self.subsample = msg["value"]
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] != self.guide.site:
+            return
+        frame = plate_frame(msg, self.guide.plate)
+        if frame is None or self.subsample is None:
+            return  # left unforced: _run reports the precise error
+        full = frame.full_size if frame.full_size is not None else frame.size
+        self.guide.check_model_site(msg, int(full))
+        rows = self.subsample.to(self.guide.table.device)
+        values, correction = self.elbo._index_values(self.guide, rows)
+        values = values.to(self.subsample.device)
+        num_particles, batch = values.shape
+        nesting, dim = self.elbo.max_plate_nesting, frame.dim
+        between, after = (1,) * (nesting + dim), (1,) * (-dim - 1)
+        msg["value"] = values.reshape((num_particles,) + between + (batch,) + after)
+        msg["is_observed"] = True
+        self.values, self.correction = values, correction

@@ -1,0 +1,27 @@
+"""The MAPA table: kernels, building, remainder sampling, the table itself and its files.
+
+- :mod:`.kernels`: :class:`ProximityKernel`, :class:`GaussianKernel`, :class:`BernoulliKernel`.
+- :mod:`.build`: exact row-blocked building (one GEMM per block); :mod:`.neighbors`: the
+  approximate-neighbour (faiss HNSW) backend.
+- :mod:`.sampling`: remainder sampling with and without replacement, as pure tensor functions.
+- :mod:`.counter_rng`: counter-based uniforms, so draws are a pure function of (seed, step, row, slot).
+- :mod:`.posterior_table`: :class:`PosteriorTable`, a thin holder of the sorted rows.
+- :mod:`.storage`: the checksummed, atomic file format and the on-disk cache.
+"""
+
+from .build import build_table, data_fingerprint
+from .kernels import BernoulliKernel, GaussianKernel, ProximityKernel, squared_distances
+from .posterior_table import PosteriorTable, TableRows
+from .sampling import remainder_log_probs
+
+__all__ = [
+    "BernoulliKernel",
+    "GaussianKernel",
+    "PosteriorTable",
+    "ProximityKernel",
+    "TableRows",
+    "build_table",
+    "data_fingerprint",
+    "remainder_log_probs",
+    "squared_distances",
+]

@@ -1,0 +1,107 @@
+"""Building the MAPA table: exact row-blocked kernel rows, sorted, with the exact normalizer.
+
+.. math:: q(c_n = i) = \\kappa(x_n, x_i) / \\sum_j \\kappa(x_n, x_j)        (Eq. 8)
+
+Pure tensor functions that know nothing of Pyro and run on any device. The
+approximate-neighbour backend is :mod:`pyro_mapa.table.neighbors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .kernels import ProximityKernel
+
+__all__ = ["DENSE_LIMIT_BYTES", "build_table", "data_fingerprint", "default_chunk_size"]
+
+# A dense (M = N) table holds N² int64 indices and float32 log-probabilities.
+DENSE_LIMIT_BYTES = 4 * 2**30
+
+
+def data_fingerprint(data: Tensor) -> str:
+    """SHA-256 of a tensor's shape, dtype and values: identifies the data a table was built on."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(data.shape)}|{data.dtype}".encode())
+    h.update(data.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def default_chunk_size(num_columns: int) -> int:
+    # 128 query rows per block (cache-friendly on CPU); fewer when a block would pass
+    # 2^26 entries (256 MiB in float32), i.e. for N above about half a million.
+    return max(1, min(num_columns, 128, 2**26 // max(num_columns, 1)))
+
+
+def build_table(
+    data: Tensor,
+    kernel: ProximityKernel,
+    max_support: int | None = None,
+    chunk_size: int | None = None,
+    progress: bool | None = None,
+    rows: range | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Computes the sorted MAPA rows of ``data`` in row chunks, never holding ``N×N``.
+
+    For each block of ``chunk_size`` query rows, in one preallocated ``(chunk, N)``
+    buffer: squared distances to all ``N`` points by one matrix multiply
+    (``addmm``, in place), then :math:`\\log\\kappa` in place, the ``M`` largest entries
+    (``topk``), and the exact row log-normalizer over all ``N`` columns from the same
+    buffer (``max + log Σ exp(· - max)``, the max being the top-1 value). Peak memory is
+    ``O(N·M + chunk·N)``.
+
+    Ties: with ``M = N`` a stable sort orders equal entries by column index. For kernels
+    whose squared distances are integers (``kernel.integer_sqdist``, e.g. Hamming
+    distances of binary data, exact in float32) ties are broken by column index for any
+    ``M``, by ranking the exact integer key ``distance · N + column``.
+
+    Arguments:
+        data: ``(N, D)`` floating tensor on the device to compute on.
+        kernel: The proximity kernel.
+        max_support: ``M``, entries kept per row (default ``N``).
+        chunk_size: Query rows per block (default 128, fewer for very large ``N``).
+        progress: Show a tqdm bar (default: only for more than 10^8 entries).
+        rows: Only these query rows (default: all ``N``).
+
+    Returns:
+        ``(indices, log_probs, log_normalizer)`` of shapes ``(R, M)``, ``(R, M)``, ``(R,)``.
+    """
+    n = data.shape[0]
+    rows = range(n) if rows is None else rows
+    r0, num = rows.start, len(rows)
+    m = n if max_support is None else max_support
+    chunk = min(n, chunk_size or default_chunk_size(n))
+    if progress is None:
+        progress = n * n > 10**8
+    device, dtype = data.device, data.dtype
+    indices = torch.empty(num, m, dtype=torch.long, device=device)
+    log_probs = torch.empty(num, m, dtype=dtype, device=device)
+    log_norm = torch.empty(num, dtype=dtype, device=device)
+    sq = (data * data).sum(-1)
+    buf = torch.empty(min(chunk, num), n, dtype=dtype, device=device)
+    integer = bool(getattr(kernel, "integer_sqdist", False)) and m < n
+    cols = torch.arange(n, device=device) if integer else None
+    for start in tqdm(range(0, num, chunk), desc="MAPA table", unit="block", disable=not progress):
+        stop = min(start + chunk, num)
+        b = buf[: stop - start]
+        torch.addmm(sq.unsqueeze(0), data[r0 + start : r0 + stop], data.T, beta=1.0, alpha=-2.0, out=b)
+        b.add_(sq[r0 + start : r0 + stop].unsqueeze(1)).clamp_(min=0.0)
+        if integer:
+            keys = b.round().to(torch.long).mul_(n).add_(cols)
+            idx = torch.topk(keys, m, dim=1, largest=False, sorted=True).indices
+        kernel.log_kernel_from_sqdist_(b)
+        if integer:
+            vals = b.gather(1, idx)
+        elif m == n:
+            vals, idx = torch.sort(b, dim=1, descending=True, stable=True)
+        else:
+            vals, idx = torch.topk(b, m, dim=1, largest=True, sorted=True)
+        top = vals[:, :1]
+        lz = (top + b.sub_(top).exp_().sum(1, keepdim=True).log_()).squeeze(1)
+        indices[start:stop] = idx
+        log_probs[start:stop] = vals - lz.unsqueeze(1)
+        log_norm[start:stop] = lz
+    return indices, log_probs, log_norm
