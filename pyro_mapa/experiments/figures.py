@@ -45,7 +45,7 @@ def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
                 continue
             g = st.grid_size
             dens = torch.tensor(logd).reshape(g, g).exp()
-            ax.imshow(dens, origin="lower", extent=extent, cmap="viridis", aspect="auto",
+            ax.imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="equal",
                       vmax=float(torch.quantile(dens.reshape(-1), 0.995)))
             kl = "" if title == "truth" else f"\nKL {main[title]['test_kl']:.3f}"
             ax.set_title(f"{title}{kl}", fontsize=8)
