@@ -5,7 +5,7 @@ The whole public API, by layer (subpackage)::
     table        GaussianKernel, BernoulliKernel, ProximityKernel, PosteriorTable
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
                  NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex
-    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO
+    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
     priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
@@ -29,7 +29,7 @@ from .evaluation import (
     importance_log_likelihood,
     quadrature_log_likelihood,
 )
-from .infer import MAPAGuide, TraceIWAE_ELBO, TraceMAPA_ELBO
+from .infer import MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
 from .models import (
     AmortizedCodebook,
     BernoulliLikelihood,
@@ -65,6 +65,7 @@ __all__ = [
     "ProximityKernel",
     "TableCategorical",
     "TraceIWAE_ELBO",
+    "TraceInfoVAE_ELBO",
     "TraceMAPA_ELBO",
     "UniformIndex",
     "VAEModel",
