@@ -5,7 +5,8 @@ The whole public API, by layer (subpackage)::
     table        GaussianKernel, BernoulliKernel, ProximityKernel, PosteriorTable
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
                  NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex
-    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE)
+    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
+                 HamiltonianGuide (HVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
     priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
@@ -29,7 +30,7 @@ from .evaluation import (
     importance_log_likelihood,
     quadrature_log_likelihood,
 )
-from .infer import MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from .infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
 from .models import (
     AmortizedCodebook,
     BernoulliLikelihood,
@@ -54,6 +55,7 @@ __all__ = [
     "FlowPrior",
     "GaussianCopulaPrior",
     "GaussianKernel",
+    "HamiltonianGuide",
     "ImportanceEstimate",
     "KDEPrior",
     "MAPAGuide",

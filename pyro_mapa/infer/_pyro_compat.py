@@ -13,6 +13,7 @@ pyro-ppl 1.8.6 and 1.9.x.
 - :func:`get_traces`: ``ELBO._get_traces``, the (vectorized) particle loop of an ``ELBO``.
 - :data:`VECTORIZED_PARTICLE_PLATE`: the plate name ``ELBO`` uses for vectorized particles.
 - :func:`detach_distribution`: a copy of a distribution with its parameters detached.
+- :func:`get_plates`: the plates enclosing the current sample statement (``pyro.poutine.runtime``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "Messenger",
     "detach_distribution",
     "get_importance_trace",
+    "get_plates",
     "get_traces",
     "scale_and_mask",
     "site_is_subsample",
