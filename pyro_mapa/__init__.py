@@ -4,37 +4,43 @@ The whole public API, by layer (subpackage)::
 
     table        GaussianKernel, BernoulliKernel, ProximityKernel, PosteriorTable
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
-                 NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex
+                 NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex,
+                 LIDVAEDecoder, ICNN, BrenierMap (LIDVAE)
     infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
                  HamiltonianGuide (HVAE)
-    evaluation   empirical_log_likelihood, quadrature_log_likelihood,
+    evaluation   empirical_log_likelihood, quadrature_log_likelihood, exact_posterior, kl_to_posterior,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
     priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
-    diagnostics  to_inference_data (more in pyro_mapa.diagnostics)
+    diagnostics  to_inference_data, collapse_diagnostics (more in pyro_mapa.diagnostics)
     errors       NonFiniteLossError
 
-``pyro_mapa.training`` (``fit``, checkpoints, data-parallel) and ``pyro_mapa.experiments``
+``pyro_mapa.training`` (``fit``, LiBI's ``fit_libi``, checkpoints, data-parallel) and ``pyro_mapa.experiments``
 (benchmarks, method registry, reproduction) are imported on demand.
 
 Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
 Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.
 """
 
-from .diagnostics import to_inference_data
+from .diagnostics import collapse_diagnostics, to_inference_data
 from .errors import NonFiniteLossError
 from .evaluation import (
     ImportanceEstimate,
     MixtureProposal,
     empirical_log_likelihood,
+    exact_posterior,
     fit_proposal,
     importance_log_likelihood,
+    kl_to_posterior,
     quadrature_log_likelihood,
 )
 from .infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
 from .models import (
+    ICNN,
     AmortizedCodebook,
     BernoulliLikelihood,
+    BrenierMap,
     EmpiricalizedModel,
+    LIDVAEDecoder,
     MeanFieldGuide,
     NormalLikelihood,
     TableCategorical,
@@ -51,13 +57,16 @@ __all__ = [
     "AmortizedCodebook",
     "BernoulliKernel",
     "BernoulliLikelihood",
+    "BrenierMap",
     "EmpiricalizedModel",
     "FlowPrior",
     "GaussianCopulaPrior",
     "GaussianKernel",
     "HamiltonianGuide",
+    "ICNN",
     "ImportanceEstimate",
     "KDEPrior",
+    "LIDVAEDecoder",
     "MAPAGuide",
     "MeanFieldGuide",
     "MixtureProposal",
@@ -71,9 +80,12 @@ __all__ = [
     "TraceMAPA_ELBO",
     "UniformIndex",
     "VAEModel",
+    "collapse_diagnostics",
     "empirical_log_likelihood",
+    "exact_posterior",
     "fit_proposal",
     "importance_log_likelihood",
+    "kl_to_posterior",
     "mlp",
     "quadrature_log_likelihood",
     "to_inference_data",

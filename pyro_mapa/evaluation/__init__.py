@@ -6,6 +6,8 @@
 - Any latent dimension (:mod:`.importance`, :mod:`.proposal`, :mod:`.fit_proposal`):
   importance sampling with a fitted amortized mixture proposal, reporting a Monte-Carlo
   standard error and keeping the log-weights for diagnostics.
+- The latent posterior (:mod:`.latent_posterior`): :math:`p_\\theta(z \\mid x)` on a grid for ``d ≤ 2``,
+  the differentiable grid log-likelihood (LiBI's stage 1), KL(q(z|x) ‖ p_θ(z|x)).
 """
 
 from .exact import (
@@ -17,9 +19,31 @@ from .exact import (
 from .fit_proposal import fit_proposal
 from .importance import ImportanceEstimate, importance_log_likelihood, stratified_iwae_bound
 from .index_loglik import index_log_likelihood, log_mixture_likelihood
+from .latent_posterior import (
+    GridMassError,
+    GridPosterior,
+    LatentGrid,
+    exact_posterior,
+    grid_log_marginal,
+    grid_log_masses,
+    importance_log_marginal,
+    kl_to_posterior,
+    latent_grid,
+    standard_normal_log_prob,
+)
 from .proposal import MixtureProposal, Proposal
 
 __all__ = [
+    "GridMassError",
+    "GridPosterior",
+    "LatentGrid",
+    "exact_posterior",
+    "grid_log_marginal",
+    "grid_log_masses",
+    "importance_log_marginal",
+    "kl_to_posterior",
+    "latent_grid",
+    "standard_normal_log_prob",
     "ImportanceEstimate",
     "MixtureProposal",
     "Proposal",
