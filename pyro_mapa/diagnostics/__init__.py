@@ -5,16 +5,38 @@
   good proposal for the model that was learned?
 - :func:`importance_diagnostics`, :func:`kish_ess` (:mod:`.importance`): Pareto k̂ and ESS of importance weights.
 - :class:`TrainingTrace` (:mod:`.traces`): loss and validation log-likelihood per epoch.
+- :func:`collapse_diagnostics` (:mod:`.collapse`, :mod:`.traversal`): active units, I_q(x; z), the model's
+  own collapse E_x KL(p_θ(z|x) ‖ p(z)), KL(q_agg ‖ p), exact on a grid for d ≤ 2; latent traversals.
 
 ArviZ is imported only when a function that needs it runs.
 """
 
+from .collapse import (
+    ActiveUnits,
+    CollapseReport,
+    Estimate,
+    QDivergences,
+    active_units,
+    collapse_diagnostics,
+    model_collapse_kl,
+    q_divergences,
+)
 from .importance import ImportanceDiagnostics, importance_diagnostics, kish_ess
 from .inference_data import to_inference_data
 from .proposal_quality import ProposalQuality, index_posterior, proposal_quality
 from .traces import TrainingTrace
+from .traversal import latent_traversal_figure
 
 __all__ = [
+    "ActiveUnits",
+    "CollapseReport",
+    "Estimate",
+    "QDivergences",
+    "active_units",
+    "collapse_diagnostics",
+    "latent_traversal_figure",
+    "model_collapse_kl",
+    "q_divergences",
     "ImportanceDiagnostics",
     "ProposalQuality",
     "TrainingTrace",
