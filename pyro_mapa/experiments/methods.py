@@ -8,32 +8,68 @@ method         guide                            loss
 ``MAPA``       MAPA table (kernel on the data)  ``TraceMAPA_ELBO(K, S)``
 ``MAPA-GT``    true index posterior (Eq. 7)     ``TraceMAPA_ELBO(K, S)``
 ``MAPA-naive`` uniform table                    ``TraceMAPA_ELBO(K, S)``
+``RenyiELBO``  mean-field Gaussian              Pyro's ``RenyiELBO(alpha=0, num_particles=S)``
+``InfoVAE``    mean-field Gaussian              ``TraceInfoVAE_ELBO(alpha, lambda_)``
+``HVAE``       ``HamiltonianGuide`` (K steps)   ``Trace_ELBO``
+``LIDVAE``     mean-field Gaussian              ``Trace_ELBO``, injective ``LIDVAEDecoder``
+``MAPA-LIDVAE`` MAPA table                      ``TraceMAPA_ELBO(K, S)``, ``LIDVAEDecoder``
+``LiBI``       mean-field Gaussian              stage 1 exact likelihood, stage 2 ``Trace_ELBO``
 =============  ===============================  ======================================
 
 After training, :class:`LearnedModel` is the original model (Eq. 1) each method
-defines: the decoder with a standard-normal prior (VAE, IWAE) or the decoder with
+defines: the decoder with a standard-normal prior (VAE-type methods) or the decoder with
 the prior recovered from the codes by a Gaussian copula (MAPA variants, §6).
+
+Per-method settings (InfoVAE's α and λ, HVAE's K, step size and tempering) are passed
+as ``options``; :data:`OPTION_GRIDS` lists the small grids `pyro-mapa reproduce` chooses
+from on validation log-likelihood.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
 from torch import Tensor, nn
 
 from ..evaluation.index_loglik import index_log_likelihood
-from ..infer import MAPAGuide, TraceIWAE_ELBO, TraceMAPA_ELBO
-from ..models import AmortizedCodebook, EmpiricalizedModel, Likelihood, MeanFieldGuide, VAEModel, mlp
+from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from ..models import (
+    AmortizedCodebook,
+    EmpiricalizedModel,
+    LIDVAEDecoder,
+    Likelihood,
+    MeanFieldGuide,
+    VAEModel,
+    mlp,
+)
 from ..priors import FlowPrior, GaussianCopulaPrior
 from ..table.posterior_table import PosteriorTable
+from ..training.fit import FitResult, fit
+from ..training.libi import fit_libi
 from .learned_model import LearnedModel
 
-__all__ = ["METHODS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
+__all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
 
-METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive")
+METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "RenyiELBO", "InfoVAE", "HVAE", "LIDVAE",
+           "MAPA-LIDVAE", "LiBI")
+MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-LIDVAE")
+
+# Small grids chosen on validation log-likelihood by `pyro-mapa reproduce` (one setting per data set and
+# draw, together with the restart). (alpha, lambda) = (0, 1) is the plain VAE, left out on purpose.
+OPTION_GRIDS: dict[str, list[dict]] = {
+    "InfoVAE": [{"alpha": 1.0, "lambda_": 1.0}, {"alpha": 0.0, "lambda_": 10.0}, {"alpha": 1.0, "lambda_": 10.0}],
+    "HVAE": [{"num_leapfrog": 1, "tempering": "learned"}, {"num_leapfrog": 5, "tempering": "learned"}],
+}
+DEFAULT_OPTIONS: dict[str, dict] = {
+    "InfoVAE": {"alpha": 1.0, "lambda_": 10.0, "kernel": "imq", "bandwidth": 1.0},
+    "HVAE": {"num_leapfrog": 5, "tempering": "learned", "beta0": 0.5, "step_size": 0.1},
+    "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
+    "LiBI": {"stage1_fraction": 0.75},
+}
 
 
 def true_posterior_table(
@@ -58,6 +94,16 @@ class MethodSetup:
     encoder: nn.Module
     likelihood: Likelihood
     latent_dim: int = 1
+    trainer: Callable[..., FitResult] | None = None
+    options: dict | None = None
+
+    def train(self, num_points: int, *, epochs: int, batch_size: int, lr: float, seed: int,
+              progress: bool = False) -> FitResult:
+        """Trains the method: :func:`~pyro_mapa.training.fit` on (model, guide, loss), or its own trainer (LiBI)."""
+        if self.trainer is not None:
+            return self.trainer(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+        return fit(self.model, self.guide, self.loss, num_points, epochs=epochs, batch_size=batch_size, lr=lr,
+                   seed=seed, progress=progress)
 
     def learned_model(self, flow_steps: int = 2000, seed: int = 0) -> LearnedModel:
         """The original generative model this method defines, after training.
@@ -78,6 +124,29 @@ class MethodSetup:
         return LearnedModel(self.decoder, self.likelihood, prior, latent_dim=self.latent_dim)
 
 
+def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction):
+    def train(*, epochs: int, batch_size: int, lr: float, seed: int, progress: bool) -> FitResult:
+        stage1 = max(1, round(fraction * epochs))
+        res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, stage1_epochs=stage1,
+                       stage2_epochs=max(1, epochs - stage1), batch_size=batch_size, lr=lr, hidden=tuple(hidden),
+                       seed=seed, progress=progress)
+        setup = setup_box[0]
+        setup.model, setup.guide, setup.loss = res.model, res.guide, res.stage2_loss
+        s2 = res.stage2
+        steps1 = stage1 * math.ceil(len(data) / batch_size)
+        total = steps1 + s2.steps
+        return FitResult(
+            epoch_losses=res.stage1_losses + res.stage2_losses,
+            seconds_per_epoch=(res.stage1_seconds + s2.seconds_per_epoch * len(s2.epoch_losses)) / epochs,
+            encoder_passes_per_point=s2.encoder_passes_per_point * s2.steps / total,
+            decoder_passes_per_point=(res.stage1_decoder_passes_per_point * steps1
+                                      + s2.decoder_passes_per_point * s2.steps) / total,
+            steps=total,
+        )
+
+    return train
+
+
 def build_method(
     name: str,
     data: Tensor,
@@ -90,6 +159,7 @@ def build_method(
     num_particles: int = 10,
     table: PosteriorTable | None = None,
     seed: int = 0,
+    options: dict | None = None,
 ) -> MethodSetup:
     """Builds one method's model, guide and loss on ``data``.
 
@@ -104,22 +174,42 @@ def build_method(
         table: The table for the MAPA variants (required for ``MAPA-GT``; built from
             the data with the likelihood's kernel for ``MAPA``; uniform for ``MAPA-naive``).
         seed: Seeds the network initialization.
+        options: Per-method settings over :data:`DEFAULT_OPTIONS` (InfoVAE: ``alpha``, ``lambda_``,
+            ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
+            LIDVAE: ``hidden``, ``strength``; LiBI: ``stage1_fraction``).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    opts = {**DEFAULT_OPTIONS.get(name, {}), **(options or {})}
     torch.manual_seed(seed)
     n, d_obs = data.shape
-    decoder = mlp(latent_dim, d_obs, hidden)
-    if name in ("VAE", "IWAE"):
+    if name in ("LIDVAE", "MAPA-LIDVAE"):
+        decoder: nn.Module = LIDVAEDecoder(latent_dim, d_obs, hidden=tuple(opts.get("hidden", (32, 32))),
+                                           strength=opts.get("strength", 0.1))
+    else:
+        decoder = mlp(latent_dim, d_obs, hidden)
+    if name not in MAPA_METHODS:
         encoder = mlp(d_obs, 2 * latent_dim, hidden)
         model = VAEModel(decoder, data, latent_dim, likelihood)
-        guide = MeanFieldGuide(encoder, data, latent_dim)
-        loss: ELBO = (
-            Trace_ELBO(max_plate_nesting=1)
-            if name == "VAE"
-            else TraceIWAE_ELBO(num_particles, max_plate_nesting=1)
-        )
-        return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim)
+        guide: Callable = MeanFieldGuide(encoder, data, latent_dim)
+        loss: ELBO = Trace_ELBO(max_plate_nesting=1)
+        if name == "IWAE":
+            loss = TraceIWAE_ELBO(num_particles, max_plate_nesting=1)
+        elif name == "RenyiELBO":
+            loss = RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        elif name == "InfoVAE":
+            loss = TraceInfoVAE_ELBO(opts["alpha"], opts["lambda_"], kernel=opts["kernel"],
+                                     bandwidth=opts["bandwidth"], max_plate_nesting=1)
+        elif name == "HVAE":
+            beta0 = 1.0 if opts["tempering"] == "none" else opts["beta0"]
+            guide = HamiltonianGuide(encoder, model, latent_dim=latent_dim, data=data,
+                                     num_leapfrog=opts["num_leapfrog"], step_size=opts["step_size"],
+                                     beta0=beta0, tempering=opts["tempering"])
+        setup = MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
+        if name == "LiBI":
+            setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
+                                          opts["stage1_fraction"])
+        return setup
     encoder = mlp(d_obs, latent_dim, hidden)
     if table is None:
         if name == "MAPA-GT":
@@ -130,4 +220,4 @@ def build_method(
     model = EmpiricalizedModel(AmortizedCodebook(encoder, decoder, data), likelihood)
     guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data
     loss = TraceMAPA_ELBO(num_top, num_samples, max_plate_nesting=1)
-    return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim)
+    return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
