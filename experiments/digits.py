@@ -25,6 +25,7 @@ import torch
 from pyro_mapa import BernoulliLikelihood, NormalLikelihood
 from pyro_mapa.diagnostics import importance_diagnostics
 from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.experiments.provenance import provenance
 from pyro_mapa.training import fit
 
 
@@ -92,6 +93,7 @@ def main() -> None:
     out["wall_clock_seconds"] = round(time.perf_counter() - start, 1)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        out["provenance"] = provenance(vars(args), jobs=1, threads_per_job=args.threads)
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 
 

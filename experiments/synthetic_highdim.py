@@ -27,6 +27,7 @@ from torch import nn
 from pyro_mapa import NormalLikelihood, PosteriorTable
 from pyro_mapa.evaluation import grid_log_likelihood
 from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.experiments.provenance import provenance
 from pyro_mapa.training import fit
 
 SIGMA, D_OBS = 0.1, 64
@@ -94,6 +95,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in out.items() if k != "methods"}))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
+        out["provenance"] = provenance(vars(args), jobs=1, threads_per_job=args.threads)
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -2,10 +2,12 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import pytest
 
 from pyro_mapa.cli import main, run_demo
+from pyro_mapa.experiments.reproduce import ReproductionSettings
 
 
 def test_demo_runs_and_reports_finite_numbers():
@@ -20,13 +22,13 @@ def test_demo_runs_and_reports_finite_numbers():
     assert res["VAE"]["passes_per_point_per_step"] == pytest.approx(2.0)  # one encoder + one decoder row
 
 
-def test_reproduce_quick_writes_schema_and_figures(tmp_path):
+def test_reproduce_quick_writes_schema_and_figures(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["reproduce", "--quick", "--datasets", "circle", "--epochs", "2", "--jobs", "1",
                  "--output", str(out), "--no-progress"])
     assert code == 0
     data = json.loads((out / "paper_reproduction.json").read_text())
-    assert set(data) >= {"datasets", "settings"}
+    assert set(data) >= {"datasets", "settings", "provenance", "reference"}
     entry = data["datasets"]["circle"]
     assert set(entry) >= {"VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive"}
     for method in ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive"):
@@ -35,10 +37,46 @@ def test_reproduce_quick_writes_schema_and_figures(tmp_path):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (method, key)
     assert entry["IWAE"]["passes_per_point_per_step"] == pytest.approx(11.0)  # 1 encoder + 10 decoder rows
     assert data["settings"]["epochs"] == 2 and data["settings"]["draws"] == 1
+    assert data["provenance"]["command"].startswith("pyro-mapa reproduce --quick")
+    # The sweep points equal to a main job (MAPA K=5 S=5, IWAE S=10, one restart) are that job.
+    sweep = {r["label"]: r for r in data["sweep"]["circle"]}
+    assert sweep["MAPA K=5 S=5"]["test_kl"] == entry["MAPA"]["test_kl_mean"]
+    assert sweep["IWAE S=10"]["test_kl"] == entry["IWAE"]["test_kl_mean"]
+    raw = json.loads((out / "raw_results.json").read_text())
+    assert set(raw) == {"provenance", "settings", "results"} and len(raw["results"]) == 9
     # non_identifiability.png needs circle or absolute_value with a VAE: circle is here.
     for fig in ("densities.png", "kl_vs_passes.png", "posterior_trends.png", "non_identifiability.png"):
         assert (out / fig).stat().st_size > 1000
     assert "circle" in data["non_identifiability"]
+    # 20 gradient steps learn nothing, and the output says so.
+    printed = capsys.readouterr().out
+    gauss = data["reference"]["circle"]["gaussian_fit_test_kl_mean"]
+    assert all(entry[m]["test_kl_mean"] > gauss for m in entry)
+    assert "QUICK RUN" in printed and "NOT LEARNED: VAE on circle, IWAE on circle" in printed
+
+
+@pytest.mark.slow
+def test_reproduce_quick_learns_in_under_a_minute(tmp_path, capsys):
+    """The default --quick run (circle, 1,000 steps per method) beats a Gaussian fit with every method."""
+    start = time.perf_counter()
+    assert main(["reproduce", "--quick", "--output", str(tmp_path), "--no-progress"]) == 0
+    elapsed = time.perf_counter() - start
+    data = json.loads((tmp_path / "paper_reproduction.json").read_text())
+    gauss = data["reference"]["circle"]["gaussian_fit_test_kl_mean"]
+    kls = {m: r["test_kl_mean"] for m, r in data["datasets"]["circle"].items()}
+    assert set(kls) == {"VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive"}
+    assert all(kl < 0.75 * gauss for kl in kls.values()), (kls, gauss)
+    assert "NOT LEARNED" not in capsys.readouterr().out
+    print(f"--quick: {elapsed:.0f} s, test KLs {kls}, Gaussian fit {gauss:.3f}")
+
+
+def test_reproduce_rejects_bad_method_options(tmp_path):
+    with pytest.raises(SystemExit, match="--method-options must be JSON"):
+        main(["reproduce", "--quick", "--method-options", "{VAE", "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="must map method names to objects"):
+        main(["reproduce", "--quick", "--method-options", '{"VAE": 3}', "--output", str(tmp_path)])
+    with pytest.raises(ValueError, match="methods: unknown"):
+        ReproductionSettings(methods=("VAE", "GAN"))
 
 
 def test_cli_rejects_unknown_names(tmp_path):

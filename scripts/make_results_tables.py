@@ -1,0 +1,272 @@
+"""The results tables of docs/results.md, generated from the committed JSON files (no number typed by hand).
+
+Tables (name: source):
+  main                 test KL ± SE per data set and method    docs/results/paper_reproduction.json
+  passes               network passes and seconds per epoch     docs/results/paper_reproduction.json
+  true_ll              true test log-likelihood per data set    docs/results/paper_reproduction.json
+  sweep                test KL vs passes (Fig. 2b's numbers)    docs/results/paper_reproduction.json
+  non_identifiability  §6.4: MAPA vs two decoders' posteriors   docs/results/paper_reproduction.json
+  digits               scikit-learn digits, IS and quadrature   docs/results/digits.json
+  highdim              64-D synthetic ground truth, N = 10^5    docs/results/synthetic_highdim.json
+  provenance           which commit, libraries, machine made each file
+
+Every method in the JSON gets its column or row, in the order the run wrote them, so a
+regenerated file with more methods (InfoVAE, HVAE, LIDVAE, LiBI, RenyiELBO, MAPA-free, ...)
+needs no change here.
+
+In a Markdown file, a table sits between two markers and --splice replaces what is between them:
+
+    <!-- table:main -->
+
+    | data set | VAE | ... |
+
+    <!-- /table:main -->
+
+Run:  python scripts/make_results_tables.py                      (print every table)
+      python scripts/make_results_tables.py --table main digits  (print some)
+      python scripts/make_results_tables.py --splice docs/results.md
+      python scripts/make_results_tables.py --check docs/results.md   (exit 1 if a table is stale)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["MARKER", "make_tables", "splice"]
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"(<!-- table:([\w-]+) -->\n)(.*?)(<!-- /table:\2 -->)", re.S)
+BOLD_AMONG = ("VAE", "IWAE", "MAPA")
+
+
+def _row(cells: Sequence[Any]) -> str:
+    return "|" + "|".join(f" {c} " if str(c) != "" else " " for c in cells) + "|"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    return "\n".join([_row(header), "|" + "---|" * len(header), *(_row(r) for r in rows)])
+
+
+def _bold(text: str, on: bool) -> str:
+    return f"**{text}**" if on else text
+
+
+def _labels(per_dataset: dict[str, dict[str, Any]]) -> list[str]:
+    """Method labels in first-seen order over the data sets."""
+    seen: dict[str, None] = {}
+    for entry in per_dataset.values():
+        seen.update(dict.fromkeys(entry))
+    return list(seen)
+
+
+def main_table(rep: dict[str, Any], bold_among: Sequence[str] = BOLD_AMONG) -> str:
+    """Test KL (mean ± SE over draws); bold: the lowest mean among ``bold_among``."""
+    labels = _labels(rep["datasets"])
+    rows = []
+    for name, entry in rep["datasets"].items():
+        contenders = [entry[m]["test_kl_mean"] for m in bold_among if m in entry]
+        best = min(contenders) if contenders else None
+        cells = []
+        for m in labels:
+            r = entry.get(m)
+            cells.append("" if r is None else _bold(f"{r['test_kl_mean']:.3f} ± {r['test_kl_se']:.3f}",
+                                                     m in bold_among and r["test_kl_mean"] == best))
+        rows.append([name, *cells])
+    return _table(["data set", *labels], rows)
+
+
+def passes_table(rep: dict[str, Any]) -> str:
+    """Encoder and decoder passes per point per step and seconds per epoch, means over data sets."""
+    rows = []
+    for m in _labels(rep["datasets"]):
+        rs = [e[m] for e in rep["datasets"].values() if m in e]
+        means = {key: sum(r[key] for r in rs) / len(rs) for key in
+                 ("encoder_passes_per_point", "decoder_passes_per_point", "passes_per_point_per_step")}
+        seconds = sum(r["seconds_per_epoch"] for r in rs) / len(rs)
+        rows.append([m, *(f"{v:.2f}" for v in means.values()), f"{seconds:.3f}"])
+    return _table(["method", "encoder passes / point / step", "decoder passes / point / step", "total",
+                   "seconds / epoch (mean over data sets)"], rows)
+
+
+def true_ll_table(rep: dict[str, Any]) -> str:
+    rows = [[name, f"{next(iter(entry.values()))['true_test_ll_mean']:.3f}"]
+            for name, entry in rep["datasets"].items()]
+    return _table(["data set", "true test LL (mean over draws)"], rows)
+
+
+def sweep_table(rep: dict[str, Any]) -> str:
+    """One restart on the first draw: test KL and passes of every sweep point."""
+    rows = []
+    for name, points in rep.get("sweep", {}).items():
+        for p in sorted(points, key=lambda p: (p["method"], p["passes_per_point_per_step"])):
+            rows.append([name, p["label"], f"{p['passes_per_point_per_step']:.2f}", f"{p['test_kl']:.3f}"])
+    return _table(["data set", "method", "passes / point / step", "test KL"], rows)
+
+
+def non_identifiability_table(rep: dict[str, Any]) -> str:
+    k = rep.get("settings", {}).get("num_top", 5)
+    rows = []
+    for name, entry in rep.get("non_identifiability", {}).items():
+        for key, v in entry.items():
+            if isinstance(v, dict):
+                rows.append([name, key.removeprefix("variant "), f"{v['mean_tv_to_mapa']:.2f}",
+                             f"{v['mean_mass_in_mapa_top_k']:.2f}"])
+    return _table(["data set", "variant", "total variation, MAPA vs the variant's index posterior",
+                   f"variant's posterior mass in MAPA's top-{k}"], rows)
+
+
+def digits_table(dig: dict[str, Any]) -> str:
+    """Bold: per data and d, the best method by the number to trust (quadrature if there is one, else IS)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in dig["rows"]:
+        groups.setdefault((r["data"], r["latent_dim"]), []).append(r)
+    rows = []
+    for group in groups.values():
+        key = "test_ll_quadrature" if all("test_ll_quadrature" in r for r in group) else "test_ll_is"
+        best = max(r[key] for r in group)
+        for r in group:
+            is_cell = f"{r['test_ll_is']:.2f} ± {r['test_ll_is_se']:.2f}"
+            quad = f"{r['test_ll_quadrature']:.2f}" if "test_ll_quadrature" in r else ""
+            win = r[key] == best
+            quad = _bold(quad, win and key == "test_ll_quadrature") if quad else ""
+            rows.append([r["data"], r["latent_dim"], r["method"], _bold(is_cell, win and key == "test_ll_is"),
+                         f"{r['mc_stderr_mean']:.3f}", quad, f"{r['pareto_k_max']:.2f}",
+                         f"{r['share_k_above_0.7']:.2f}", f"{r['ess_median']:.0f}",
+                         f"{r['passes_per_point_per_step']:.1f}"])
+    return _table(["data", "d", "method", "test LL (IS)", "MC SE", "test LL (quadrature)", "max k̂",
+                   "share k̂ > 0.7", "median ESS", "passes / point / step"], rows)
+
+
+def _short(x: float) -> str:
+    return f"{x:.1f}".removesuffix(".0")
+
+
+def highdim_table(hd: dict[str, Any]) -> str:
+    st = hd["settings"]
+    n = st["num_train"]
+    n_text = f"10^{round(math.log10(n))}" if n > 0 and 10 ** round(math.log10(n)) == n else f"{n:,}"
+    threads = st.get("threads", "?")
+    rows = [
+        ["true mean test log-likelihood", f"{hd['true_test_ll']:.3f}"],
+        [f"table build (N = {n_text}, D = {hd.get('data_dim', 64)}, M = {st['max_support']}, {threads} thread"
+         f"{'' if threads == 1 else 's'})", f"{hd['table_seconds']:.0f} s"],
+        ["peak RSS after building the table (reported by the script)",
+         f"{hd['peak_rss_mib_after_table'] / 1024:.1f} GiB"],
+    ]
+    best = min(m["test_kl"] for m in hd["methods"].values())
+    for name, m in hd["methods"].items():
+        kl = _bold(f"{m['test_kl']:.3f} ± {m['test_kl_se']:.3f}", m["test_kl"] == best)
+        rows.append([f"{name} test KL", f"{kl} ({m['seconds_per_epoch']:.1f} s / epoch, "
+                     f"{_short(m['passes_per_point_per_step'])} passes / point / step)"])
+    return _table(["", "value"], rows)
+
+
+def provenance_table(files: dict[str, dict[str, Any]]) -> str:
+    """Which code, libraries and machine made each results file ("not recorded" for older files)."""
+    rows = []
+    for name, data in files.items():
+        p = data.get("provenance") or (data.get("meta") if isinstance(data.get("meta"), dict) else None)
+        if not p or "schema" not in p:
+            rows.append([name, "not recorded", "", "", "", ""])
+            continue
+        git = p.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
+        libs = p.get("libraries", {})
+        lib_text = ", ".join(f"{k} {v}" for k, v in libs.items() if k in ("torch", "pyro-ppl", "numpy") and v)
+        machine = p.get("machine", {})
+        threads = p.get("threads", {})
+        rows.append([name, commit, p.get("date_utc", "")[:10], lib_text,
+                     f"{machine.get('cpu', '')}, {machine.get('cpu_count', '')} cores",
+                     f"{threads.get('threads_per_job', '')} thread(s) per job, {p.get('jobs')} job(s)"])
+    return _table(["file", "commit", "date", "libraries", "machine", "threads"], rows)
+
+
+def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
+                bold_among: Sequence[str] = BOLD_AMONG) -> dict[str, str]:
+    """Every table whose JSON file exists in ``results_dir``, by name."""
+    results_dir = Path(results_dir)
+    load = lambda name: json.loads((results_dir / name).read_text())  # noqa: E731
+    builders: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+        "main": ("paper_reproduction.json", lambda d: main_table(d, bold_among)),
+        "passes": ("paper_reproduction.json", passes_table),
+        "true_ll": ("paper_reproduction.json", true_ll_table),
+        "sweep": ("paper_reproduction.json", sweep_table),
+        "non_identifiability": ("paper_reproduction.json", non_identifiability_table),
+        "digits": ("digits.json", digits_table),
+        "highdim": ("synthetic_highdim.json", highdim_table),
+    }
+    out, files = {}, {}
+    for name, (file, build) in builders.items():
+        if (results_dir / file).exists():
+            files.setdefault(file, load(file))
+            out[name] = build(files[file])
+    if files:
+        out["provenance"] = provenance_table(files)
+    return out
+
+
+def splice(text: str, tables: dict[str, str]) -> tuple[str, list[str]]:
+    """``text`` with every marked table replaced by the generated one; also returns the names replaced.
+
+    Raises:
+        ValueError: if a marker names a table that was not generated.
+    """
+    unknown = [m.group(2) for m in MARKER.finditer(text) if m.group(2) not in tables]
+    if unknown:
+        raise ValueError(f"markers name unknown tables {unknown}; known: {', '.join(tables)}")
+    names = [m.group(2) for m in MARKER.finditer(text)]
+    new = MARKER.sub(lambda m: f"{m.group(1)}\n{tables[m.group(2)]}\n\n{m.group(4)}", text)
+    return new, names
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results",
+                        help="folder of the JSON files")
+    parser.add_argument("--table", nargs="+", default=None, help="print only these tables")
+    parser.add_argument("--bold-among", nargs="+", default=list(BOLD_AMONG),
+                        help="methods the main table's bold (lowest KL) is chosen among")
+    parser.add_argument("--splice", type=Path, default=None,
+                        help="rewrite the marked tables of this Markdown file")
+    parser.add_argument("--check", type=Path, default=None,
+                        help="exit 1 if this file's marked tables are stale")
+    args = parser.parse_args(argv)
+    tables = make_tables(args.results, args.bold_among)
+    for path in (args.splice, args.check):
+        if path is None:
+            continue
+        text = path.read_text()
+        try:
+            new, names = splice(text, tables)
+        except ValueError as e:
+            raise SystemExit(f"{path}: {e}") from None
+        if path is args.check:
+            stale = [n for n in names if _section(text, n) != _section(new, n)]
+            print(f"{path}: {len(names)} marked tables, stale: {', '.join(stale) or 'none'}")
+            if stale:
+                return 1
+        else:
+            path.write_text(new)
+            print(f"{path}: regenerated {', '.join(names) or 'no tables (no markers)'}")
+    if args.splice is None and args.check is None:
+        for name in args.table or tables:
+            if name not in tables:
+                raise SystemExit(f"unknown table {name!r}; choose from {', '.join(tables)}")
+            print(f"<!-- table:{name} -->\n\n{tables[name]}\n\n<!-- /table:{name} -->\n")
+    return 0
+
+
+def _section(text: str, name: str) -> str:
+    m = next((m for m in MARKER.finditer(text) if m.group(2) == name), None)
+    return m.group(3) if m else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
