@@ -90,13 +90,22 @@ for name, learned in results.items():
 samples = {name: learned.sample(500) for name, learned in results.items()}
 assert all(s.shape == (500, 2) for s in samples.values())
 
-if not smoke_test:
-    import matplotlib.pyplot as plt
+import matplotlib
 
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3), sharex=True, sharey=True)
-    axes[0].scatter(ds.test[:500, 0], ds.test[:500, 1], s=2)
-    axes[0].set_title("data")
-    for ax, (name, s) in zip(axes[1:], samples.items()):
-        ax.scatter(s[:, 0], s[:, 1], s=2)
-        ax.set_title(f"{name} samples")
-    fig.savefig("quick_start_samples.png", dpi=90)
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+panels = [("test data", ds.test[:500])] + [(f"{name} samples", s) for name, s in samples.items()]
+# One box around every point, drawn with equal units on both axes (x1 and x2 are the same quantity).
+everything = torch.cat([points.float() for _, points in panels])
+low, high = everything.min(0).values, everything.max(0).values
+low, high = low - 0.05 * (high - low), high + 0.05 * (high - low)
+ratio = float((high[1] - low[1]) / (high[0] - low[0]))
+fig, axes = plt.subplots(1, 4, figsize=(12, 3 * ratio + 1.3), sharex=True, sharey=True)
+for ax, (title, points) in zip(axes, panels):
+    ax.scatter(points[:, 0], points[:, 1], s=2)
+    ax.set(title=title, xlabel="$x_1$", xlim=(float(low[0]), float(high[0])), ylim=(float(low[1]), float(high[1])))
+    ax.set_aspect("equal")
+axes[0].set_ylabel("$x_2$")
+fig.tight_layout()
+fig.savefig("quick_start_samples.png", dpi=90)

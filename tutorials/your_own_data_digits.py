@@ -55,13 +55,26 @@ assert math.isfinite(float(ll.mean()))
 with torch.no_grad():
     codes = mapa.model.codebook.codes()
     recon = torch.sigmoid(mapa.decoder(mapa.encoder(test[:8])))
-fig, axes = plt.subplots(1, 2, figsize=(9, 4))
 labels = torch.tensor(load_digits().target)[perm[:1500]]
-axes[0].scatter(codes[:, 0], codes[:, 1], c=labels, s=3, cmap="tab10")
-axes[0].set_title("MAPA codes of the training digits")
-grid = torch.cat([torch.cat([test[i].reshape(8, 8), recon[i].reshape(8, 8)], 0) for i in range(8)], 1)
-axes[1].imshow(grid, cmap="gray_r")
-axes[1].set_title("test digits (top) and reconstructions (bottom)")
-axes[1].axis("off")
+fig, (ax_codes, ax_img) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1, 1.6]})
+points = ax_codes.scatter(codes[:, 0], codes[:, 1], c=labels, s=4, cmap="tab10", vmin=-0.5, vmax=9.5)
+ax_codes.legend(*points.legend_elements(), title="digit", fontsize=7, title_fontsize=8,
+                loc="center left", bbox_to_anchor=(1.0, 0.5), markerscale=0.8)
+ax_codes.set_aspect("equal", adjustable="datalim")  # both axes are code coordinates
+ax_codes.set_xlabel("code $z_1$")
+ax_codes.set_ylabel("code $z_2$")
+ax_codes.set_title("MAPA codes of the training digits")
+# Eight 8x8 digits per row, one blank pixel between them; NaN shows as the background.
+gap = torch.full((8, 1), float("nan"))
+row = lambda imgs: torch.cat([torch.cat([im.reshape(8, 8), gap], 1) for im in imgs], 1)[:, :-1]
+grid = torch.cat([row(test[:8]), torch.full((1, 71), float("nan")), row(recon)], 0)
+ax_img.imshow(grid.numpy(), cmap="gray_r", vmin=0, vmax=1, aspect="equal", interpolation="nearest")
+ax_img.set_xticks([4 + 9 * i for i in range(8)], [str(int(t)) for t in torch.tensor(load_digits().target)[perm[1500:1508]]])
+ax_img.set_yticks([3.5, 12.5], ["test digit", "reconstruction"])
+ax_img.set_xlabel("true class of each test digit (8 x 8 pixels each)")
+ax_img.set_title("test digits and their MAPA reconstructions (pixel probability)")
+ax_img.tick_params(length=0)
+for side in ax_img.spines.values():
+    side.set_visible(False)
 fig.tight_layout()
 fig.savefig("digits_codes.png", dpi=90)

@@ -49,9 +49,11 @@ def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
                       vmax=float(torch.quantile(dens.reshape(-1), 0.995)))
             kl = "" if title == "truth" else f"\nKL {main[title]['test_kl']:.3f}"
             ax.set_title(f"{title}{kl}", fontsize=8)
+            ax.set_xlabel("$x_1$", fontsize=7)
             if j == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.suptitle("Learned densities p(x) (first draw, best restart by validation LL)", fontsize=10)
+                ax.set_ylabel(f"{name}\n$x_2$", fontsize=8)
+    fig.suptitle("Learned densities p(x) (first draw, best restart by validation LL)\n"
+                 "equal units on both axes; brighter = denser", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -191,6 +193,9 @@ def plot_non_identifiability(results: list[dict[str, Any]], st, path: Path) -> d
         ax.plot(v1[o1, 0], v1[o1, 1], lw=1.5, label="variant 1: true f(z_i)")
         ax.scatter(v2[:, 0], v2[:, 1], s=2, color="C1", label="variant 2: VAE f(g(x_i))")
         ax.set_title(f"{name}: two decoders that fit the data", fontsize=9)
+        ax.set_xlabel("$x_1$", fontsize=7)
+        ax.set_ylabel("$x_2$", fontsize=7)
+        ax.set_aspect("equal", adjustable="datalim")  # x1 and x2 are the same quantity
         ax.legend(fontsize=7)
         ax = axes[i, 1]
         x = ds.test[:1]

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import pyro
+import torch
 from torch import Tensor
 
+from ..errors import as_data_tensor
 from ..models.distributions import TableCategorical
+from ..table.data_check import check_table_data, raise_if_mismatched
 from ..table.posterior_table import PosteriorTable
-from ._tracing import peek_index_site
+from ._pyro_compat import site_is_subsample
+from ._tracing import peek_index_site, plate_frame
 
 __all__ = ["MAPAGuide"]
 
@@ -33,14 +38,23 @@ class MAPAGuide:
     The guide has no parameters and nothing in it is differentiated (METHOD.md §5,
     fact 5).
 
+    A table built on other data than the model's (a stale cache, another split) is
+    refused at the first :class:`~pyro_mapa.TraceMAPA_ELBO` step
+    (:meth:`check_model_data`), without ``data=``: the model's ``data`` attribute if it
+    has one, else the values its data plate observes for the minibatch, are compared
+    with the table's per-row hashes. ``data=`` checks all rows at construction.
+
     Arguments:
         table: The posterior table, one row per data point.
         site: Name of the model's index sample site (a categorical over ``N`` codes).
         plate: Name of the model's data plate.
         model: Optional model, used to find its minibatch.
         create_plates: Optional callable returning the data plate for the model's arguments.
-        data: Optional ``(N, D)`` data of the model: checked once against the table's
-            data fingerprint, so a table built on other data (a stale cache) is caught.
+        data: Optional ``(N, D)`` data of the model: checked at once against the table's
+            per-row hashes (or data fingerprint), so a table built on other data is caught.
+        check_data: Compare the model's data with the table's at the first step (default
+            ``True``); ``False`` for a table built on purpose on other features of the
+            same points than the model observes.
     """
 
     def __init__(
@@ -51,14 +65,19 @@ class MAPAGuide:
         *,
         model: Callable | None = None,
         create_plates: Callable | None = None,
-        data: Tensor | None = None,
+        data: Tensor | Any | None = None,
+        check_data: bool = True,
     ) -> None:
         if not isinstance(table, PosteriorTable):
-            raise TypeError(f"table must be a PosteriorTable, got {type(table).__name__}")
+            raise TypeError(
+                f"table must be a PosteriorTable (e.g. PosteriorTable.from_data(X, kernel)), got {type(table).__name__}"
+            )
         if data is not None:
-            table.check_data(data)
+            check_table_data(table, as_data_tensor(data, "data"), "data passed to MAPAGuide(data=...)")
         if not isinstance(site, str) or not isinstance(plate, str):
             raise TypeError("site and plate must be the names (str) of the model's index site and data plate")
+        self.check_data = bool(check_data)
+        self._checked_models: set[int] = set()
         self.table = table
         self.site = site
         self.plate = plate
@@ -100,6 +119,59 @@ class MAPAGuide:
             raise ValueError(
                 f"the model's plate {self.plate!r} has size {plate_size} but the table has "
                 f"{self.table.total_rows} rows; build the table on the model's data"
+            )
+
+    def check_model_data(self, model: Callable, trace: Any) -> None:
+        """Refuses a table built on other data than ``model``'s; a no-op after the first check of a model.
+
+        Called by :class:`~pyro_mapa.TraceMAPA_ELBO` with its model trace of the first step.
+        If ``model`` has a ``data`` attribute of ``N`` rows, all rows are compared with the
+        table's row hashes. Otherwise every observed site inside the data plate whose
+        per-point shape is the table data's row shape is compared, for the minibatch rows,
+        and the check passes if one of them matches (a model that observes something of
+        another shape cannot be checked, and is not). A table made without data
+        (``uniform``, ``from_log_probs``) accepts any data; one saved without row hashes
+        is checked by its whole-data fingerprint against ``model.data`` only.
+
+        Raises:
+            ValueError: the observed rows differ from those the table was built on.
+        """
+        key = id(model)
+        if not self.check_data or key in self._checked_models:
+            return
+        if self.table.row_hashes is None and self.table.fingerprint is None:
+            return  # a table made without data (uniform, from_log_probs)
+        data = getattr(model, "data", None)
+        if isinstance(data, Tensor) and data.dim() >= 1 and data.shape[0] == self.table.total_rows:
+            check_table_data(self.table, data, "model's data (model.data)")
+        else:
+            self._check_observed(trace)
+        self._checked_models.add(key)
+
+    def _check_observed(self, trace: Any) -> None:
+        node = trace.nodes.get(self.plate)
+        rows = node["value"] if node is not None and site_is_subsample(node) else None
+        verdicts = []
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or not site["is_observed"] or name == self.site or site_is_subsample(site):
+                continue
+            frame = plate_frame(site, self.plate)
+            value = site["value"]
+            if frame is None or not isinstance(value, Tensor):
+                continue
+            dim = frame.dim - getattr(site["fn"], "event_dim", 0)
+            if value.dim() < -dim:
+                continue
+            per_point = value.movedim(dim, 0)
+            site_rows = rows if rows is not None else torch.arange(per_point.shape[0])
+            bad = self.table.mismatched_rows(torch.as_tensor(site_rows), per_point)
+            if bad is not None:
+                verdicts.append((name, bad))
+        if verdicts and all(bad.numel() for _, bad in verdicts):
+            name, bad = verdicts[0]
+            raise_if_mismatched(
+                bad, f"model's observed site {name!r}",
+                " (MAPAGuide(..., check_data=False) only for a table built on other features on purpose)",
             )
 
     def distribution(self, rows: Tensor) -> TableCategorical:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from ..errors import as_data_tensor, as_index_tensor, call_network, check_matches_networks
 
 __all__ = ["AmortizedCodebook"]
 
@@ -21,7 +25,10 @@ class AmortizedCodebook(nn.Module):
     Arguments:
         encoder: ``g_φ``, maps ``(U, D)`` observations to ``(U, d)`` codes.
         decoder: ``f_θ``, maps ``(U, d)`` codes to ``(U, ...)`` likelihood parameters.
-        data: ``(N, D)`` observations the codes are amortized on (a buffer, moved by ``.to``).
+        data: ``(N, D)`` observations the codes are amortized on (a buffer, moved by ``.to``),
+            finite, of the networks' dtype and device. A NumPy array is converted to the
+            networks' dtype; a float64 tensor with float32 networks is refused (pass
+            ``data.float()``, or ``encoder.double()`` and ``decoder.double()``).
 
     Example:
         >>> enc, dec = nn.Linear(2, 1), nn.Linear(1, 2)
@@ -34,8 +41,10 @@ class AmortizedCodebook(nn.Module):
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, data: Tensor) -> None:
         super().__init__()
-        if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError("data must be a tensor of shape (N, ...) with N >= 1")
+        for name, net in (("encoder", encoder), ("decoder", decoder)):
+            if not isinstance(net, nn.Module):
+                raise TypeError(f"{name} must be a torch.nn.Module (e.g. mlp(...)), got {type(net).__name__}")
+        data = as_data_tensor(data, "data", networks={"encoder": encoder, "decoder": decoder})
         self.encoder = encoder
         self.decoder = decoder
         self.register_buffer("data", data)
@@ -53,18 +62,26 @@ class AmortizedCodebook(nn.Module):
 
     def codes(self, index: Tensor | None = None) -> Tensor:
         """The codes :math:`z_i = g_\\phi(x_i)` for ``index`` (default: all ``N``), not counted."""
+        if index is not None:
+            index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False)
         x = self.data if index is None else self.data[index]
         return self.encoder(x)
 
-    def forward(self, index: Tensor) -> Tensor:
-        """Decoder outputs for an index tensor of any shape: ``index.shape + output_shape``."""
-        if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"index must be an integer tensor, got {index.dtype}")
+    def forward(self, index: Tensor | Any) -> Tensor:
+        """Decoder outputs for an index tensor of any shape: ``index.shape + output_shape``.
+
+        ``index`` holds code indices in ``[0, N)`` (integer tensor, or a list or NumPy
+        array of integers, converted); negative or too large indices raise ``ValueError``.
+        """
+        index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False)
+        check_matches_networks(self.data, {"encoder": self.encoder, "decoder": self.decoder}, "codebook.data")
         flat = index.reshape(-1)
         # torch.unique syncs with the host on CUDA (its output size depends on data);
         # that one sync buys up to K+S times fewer network passes.
         unique, inverse = torch.unique(flat, return_inverse=True)
-        out = self.decoder(self.encoder(self.data[unique.long()]))
+        x = self.data[unique]
+        z = call_network(self.encoder, x, "encoder", f"mlp({x.shape[-1]}, latent_dim)")
+        out = call_network(self.decoder, z, "decoder", f"mlp({z.shape[-1]}, D)")
         self.encoder_passes += unique.shape[0]
         self.decoder_passes += unique.shape[0]
         return out[inverse].reshape(index.shape + out.shape[1:])

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import as_data_tensor
+
 __all__ = ["BernoulliKernel", "GaussianKernel", "ProximityKernel", "squared_distances"]
 
 
@@ -53,18 +55,17 @@ def squared_distances(
 
 def _check_data(data: Tensor, name: str = "data") -> None:
     if not isinstance(data, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(data).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape (N, D), got {type(data).__name__}; "
+            f"pass torch.as_tensor({name}, dtype=torch.float32)"
+        )
     if data.dim() != 2:
         raise ValueError(
             f"{name} must have shape (N, D), got shape {tuple(data.shape)}; "
             "reshape it to one row per observation (e.g. data.reshape(len(data), -1))"
         )
-    if data.shape[0] < 1 or data.shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got {tuple(data.shape)}")
-    if not torch.is_floating_point(data):
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {data.dtype}; use data.float()")
-    if not bool(torch.isfinite(data).all()):
-        raise ValueError(f"{name} contains NaN or inf values; remove or impute them before building a table")
+    # meta device, no rows or columns, integer dtype, NaN or inf: the shared checks
+    as_data_tensor(data, name)
 
 
 class ProximityKernel(ABC):

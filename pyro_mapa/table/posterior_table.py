@@ -2,12 +2,10 @@
 
 .. math:: q(c_n = i) = \\kappa(x_n, x_i) / \\sum_j \\kappa(x_n, x_j)        (Eq. 8)
 
-The table stores, for each row ``n``, its support sorted by decreasing probability:
-``indices[n, :]`` (``M`` column indices) and ``log_probs[n, :]`` (their log
-probabilities, normalized by the *exact* normalizer over all ``N`` columns). With
-``M = N`` the table is exact and complete; with ``M < N`` (``max_support``) the tail
-is dropped, which keeps the MAPA bound valid (METHOD.md §5, fact 8) at memory
-``O(N·M)``. Sorted rows make ``top_k`` a slice and the remainder a contiguous block.
+Each row ``n`` is stored sorted by decreasing probability: ``indices[n, :]`` (``M`` columns) and
+``log_probs[n, :]``, normalized by the *exact* normalizer over all ``N`` columns. ``M = N`` is exact;
+``M < N`` (``max_support``) drops the tail, which keeps the MAPA bound valid (METHOD.md §5, fact 8) at
+memory ``O(N·M)``. Sorted rows make ``top_k`` a slice and the remainder a contiguous block.
 
 This class is a thin holder: building is :mod:`~pyro_mapa.table.build`, remainder
 sampling :mod:`~pyro_mapa.table.sampling`, files and cache :mod:`~pyro_mapa.table.storage`.
@@ -22,8 +20,15 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..errors import check_count
-from .build import DENSE_LIMIT_BYTES, build_table, data_fingerprint, default_chunk_size
+from ..errors import as_index_tensor, check_count
+from .build import (
+    build_table,
+    check_build_arguments,
+    data_fingerprint,
+    default_chunk_size,
+    row_hashes,
+)
+from .data_check import check_table_data, mismatched_rows
 from .kernels import ProximityKernel
 from .sampling import (
     log_suffix_mass,
@@ -47,8 +52,7 @@ class TableRows(NamedTuple):
 class PosteriorTable:
     """The MAPA posterior :math:`q(c_n = \\cdot)` for every row, sorted, possibly truncated.
 
-    Build it with :meth:`from_data` (the kernel approximation), :meth:`uniform`
-    ("MAPA-naive") or :meth:`from_log_probs` (any given posterior, e.g. "MAPA-GT").
+    Build it with :meth:`from_data` (the kernel), :meth:`uniform` ("MAPA-naive") or :meth:`from_log_probs` ("MAPA-GT").
 
     Arguments:
         indices: ``(R, M)`` long tensor, column indices of each row's support in
@@ -62,12 +66,15 @@ class PosteriorTable:
         row_offset: For a shard (see ``from_data(rows=...)``): the data row of its first row.
             Row arguments of every query are *data* rows.
         total_rows: The number of data rows of the whole data set (default: offset + R).
+        row_hashes: Optional ``(total_rows,)`` int64 :func:`~pyro_mapa.table.build.row_hashes`
+            of the data, kept on the CPU: how a training step tells that the rows the model
+            observes are the rows the table was built on (:meth:`mismatched_rows`).
+        row_shape: The shape of one data row (e.g. ``(D,)``), stored with ``row_hashes``.
 
     Example:
-        >>> X = torch.tensor([[0.0], [0.1], [1.0]])
-        >>> table = PosteriorTable.from_data(X, GaussianKernel(0.1))
-        >>> table.top_k(torch.tensor([0]), 1).indices
-        tensor([[0]])
+        >>> table = PosteriorTable.from_data(torch.tensor([[0.0], [0.1], [1.0]]), GaussianKernel(0.1))
+        >>> table.top_k(None, 1).indices.flatten()
+        tensor([0, 1, 2])
     """
 
     def __init__(
@@ -80,6 +87,8 @@ class PosteriorTable:
         config: dict[str, Any] | None = None,
         row_offset: int = 0,
         total_rows: int | None = None,
+        row_hashes: Tensor | None = None,
+        row_shape: tuple[int, ...] | None = None,
     ) -> None:
         if indices.shape != log_probs.shape or indices.dim() != 2:
             raise ValueError(
@@ -99,6 +108,10 @@ class PosteriorTable:
         # A shard holds data rows [row_offset, row_offset + R) of a data set of total_rows.
         self.row_offset = int(row_offset)
         self.total_rows = int(total_rows) if total_rows is not None else self.row_offset + indices.shape[0]
+        if row_hashes is not None and tuple(row_hashes.shape) != (self.total_rows,):
+            raise ValueError(f"row_hashes must have shape ({self.total_rows},), got {tuple(row_hashes.shape)}")
+        self.row_hashes = None if row_hashes is None else row_hashes.to("cpu", torch.int64)
+        self.row_shape = None if row_shape is None else tuple(int(d) for d in row_shape)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -140,34 +153,10 @@ class PosteriorTable:
             hnsw_options: ``hnsw_m``, ``ef_construction``, ``ef_search`` for the faiss graph
                 (raise ``ef_search`` for recall).
         """
-        if not isinstance(kernel, ProximityKernel):
-            raise TypeError(f"kernel must be a ProximityKernel, got {type(kernel).__name__}")
-        kernel.validate(data)
+        data = check_build_arguments(data, kernel, max_support, chunk_size, rows, neighbors, normalizer)
         n = data.shape[0]
-        if n < 2:
-            raise ValueError(
-                f"data has {n} row; MAPA needs at least 2 observations (one code per observation)"
-            )
-        if max_support is not None:
-            check_count(max_support, "max_support")
-            if not 1 <= max_support <= n:
-                raise ValueError(f"max_support must lie in [1, N={n}], got {max_support}")
-        elif n * n * 12 > DENSE_LIMIT_BYTES:
-            raise ValueError(
-                f"a dense table for N={n} needs {n * n * 12 / 2**30:.1f} GiB; "
-                "pass max_support=M (e.g. 256) to keep only each row's top M entries"
-            )
-        if chunk_size is not None:
-            check_count(chunk_size, "chunk_size")
-            if chunk_size < 1:
-                raise ValueError("chunk_size must be >= 1")
-        if rows is not None and (not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start < rows.stop <= n):
-            raise ValueError(f"rows must be a contiguous range inside [0, N={n}), got {rows!r}")
-        if neighbors not in ("exact", "hnsw"):
-            raise ValueError(f"neighbors must be 'exact' or 'hnsw', got {neighbors!r}")
-        if normalizer not in ("exact", "sampled"):
-            raise ValueError(f"normalizer must be 'exact' or 'sampled', got {normalizer!r}")
         fingerprint = data_fingerprint(data)
+        hashes = {"row_hashes": row_hashes(data), "row_shape": tuple(data.shape[1:])}
         x = data.to(device) if device is not None else data
         if neighbors == "hnsw":
             if max_support is None or rows is not None:
@@ -179,7 +168,7 @@ class PosteriorTable:
             )
             table = cls(idx, lp, n, log_normalizer=lz, fingerprint=fingerprint,
                         config={**kernel.config(), "max_support": max_support, "neighbors": "hnsw",
-                                "normalizer": normalizer}, total_rows=n)
+                                "normalizer": normalizer}, total_rows=n, **hashes)
             table.log_normalizer_se = lz_se
             return table
         if normalizer != "exact":
@@ -196,6 +185,7 @@ class PosteriorTable:
             config={**kernel.config(), "max_support": max_support},
             row_offset=0 if rows is None else rows.start,
             total_rows=n,
+            **hashes,
         )
 
     @classmethod
@@ -233,7 +223,6 @@ class PosteriorTable:
             vals, idx = torch.topk(lp, m, dim=1)
         return cls(idx, vals, n, log_normalizer=lz.squeeze(1), config={"kernel": "explicit"})
 
-    @classmethod
     @classmethod
     def cached(
         cls,
@@ -279,7 +268,12 @@ class PosteriorTable:
     def _rows(self, rows: Tensor | None) -> Tensor | slice:
         if rows is None:
             return slice(None)
-        rows = rows.to(self.indices.device)
+        # Integer lists/arrays are converted; float, negative or out-of-range rows refused
+        # (one host sync on an accelerator): a -1 must not alias the last row.
+        rows = as_index_tensor(
+            rows, self.num_rows, "batch_idx", device=self.indices.device,
+            low=self.row_offset, one_dim=False,
+        )
         return rows - self.row_offset if self.row_offset else rows
 
     def rows(self, rows: Tensor | None = None) -> TableRows:
@@ -404,15 +398,19 @@ class PosteriorTable:
         return TableRows(idx, log_incl)
 
     def check_data(self, data: Tensor) -> None:
-        """Raises :class:`ValueError` if the table was built on other data than ``data``."""
-        if self.fingerprint is None:
-            return
-        if data_fingerprint(data) != self.fingerprint:
-            raise ValueError(
-                "the PosteriorTable was built on different data (fingerprint mismatch); "
-                "rebuild it with PosteriorTable.from_data(data, kernel)"
-            )
+        """Raises :class:`ValueError` if the table was built on other data than ``data``.
 
+        See :func:`~pyro_mapa.table.data_check.check_table_data`: per-row hashes (values
+        rounded to float32) when the table has them, else the exact data fingerprint.
+        """
+        check_table_data(self, data)
+
+    def mismatched_rows(self, rows: Tensor, values: Tensor) -> Tensor | None:
+        """The rows among ``rows`` whose observed ``values`` differ from the table's data.
+
+        ``None`` if the table cannot tell; see :func:`~pyro_mapa.table.data_check.mismatched_rows`.
+        """
+        return mismatched_rows(self, rows, values)
 
     def to(self, device: torch.device | str) -> PosteriorTable:
         """A copy of the table on ``device`` (every tensor moves, ``log_normalizer_se`` included)."""
@@ -426,6 +424,8 @@ class PosteriorTable:
             self.config,
             self.row_offset,
             self.total_rows,
+            self.row_hashes,
+            self.row_shape,
         )
         table.log_normalizer_se = None if self.log_normalizer_se is None else self.log_normalizer_se.to(device)
         return table
@@ -438,12 +438,7 @@ class PosteriorTable:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the table atomically (temporary file, then rename) in a tensor-only format.
-
-        The file holds a format version, the kernel settings, the data fingerprint
-        and a checksum of the tensors; :meth:`load` reads it with
-        ``torch.load(weights_only=True)``, so no code is ever unpickled.
-        """
+        """Writes the table atomically in the tensor-only, checksummed format of :mod:`~pyro_mapa.table.storage`."""
         save_table(self, path)
 
     @classmethod

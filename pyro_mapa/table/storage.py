@@ -30,7 +30,7 @@ __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "cache_path", "cached_table", "load_
 
 FORMAT_NAME = "pyro_mapa.PosteriorTable"
 FORMAT_VERSION = 1
-_OPTIONAL_TENSORS = ("log_normalizer", "log_normalizer_se")
+_OPTIONAL_TENSORS = ("log_normalizer", "log_normalizer_se", "row_hashes")
 
 
 def tensor_checksum(tensors: dict[str, Tensor]) -> str:
@@ -65,6 +65,7 @@ def save_table(table: PosteriorTable, path: str | os.PathLike) -> None:
         "config": table.config,
         "row_offset": table.row_offset,
         "total_rows": table.total_rows,
+        "row_shape": table.row_shape,
         "checksum": tensor_checksum(tensors),
     }
     atomic_torch_save({"meta": json.dumps(meta), **tensors}, path)
@@ -98,6 +99,8 @@ def load_table(cls: type[PosteriorTable], path: str | os.PathLike) -> PosteriorT
         meta.get("config"),
         meta.get("row_offset", 0),
         meta.get("total_rows"),
+        tensors.get("row_hashes"),
+        meta.get("row_shape"),
     )
     table.log_normalizer_se = tensors.get("log_normalizer_se")
     return table

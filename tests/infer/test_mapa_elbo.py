@@ -51,7 +51,7 @@ def test_num_top_n_is_exact_averaged_over_minibatches():
     # And each scaled minibatch equals N/|B| times the exact sum over its points.
     per_point = empirical_log_likelihood(model.codebook, lik)
     for b in batches:
-        assert bound(model, guide, n, 0, b) == pytest.approx(n / len(b) * float(per_point[b].sum()), rel=1e-6)
+        assert bound(model, guide, n, 0, b) == pytest.approx(n / len(b) * float(per_point[b].sum().detach()), rel=1e-6)
 
 
 def test_top1_is_autoencoder_objective_minus_n_log_n():
