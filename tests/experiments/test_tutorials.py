@@ -13,7 +13,7 @@ SCRIPTS = sorted(p.name for p in TUTORIALS.glob("*.py"))
 
 def test_every_tutorial_is_listed():
     # The parametrized test below runs every *.py file in tutorials/; these must be among them.
-    assert {"quick_start.py", "why_mapa.py", "diagnostics_with_arviz.py", "your_own_data_digits.py"} <= set(SCRIPTS)
+    assert {"quick_start.py", "why_mapa.py", "diagnostics_with_arviz.py", "your_own_data_digits.py", "seed_methods.py"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
