@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..table.posterior_table import PosteriorTable
+from .collapse_summary import collapse_summary
 from .datasets import DATASET_NAMES, load_dataset
 from .methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
 from .provenance import jsonable, provenance
@@ -72,6 +73,7 @@ class ReproductionSettings:
     sweep_mapa: Sequence[tuple[int, int]] = ((1, 0), (2, 2), (5, 5), (10, 10), (20, 20))
     sweep_iwae: Sequence[int] = (1, 2, 5, 10, 20)
     quadrature_points: int = 4001
+    collapse_points: int = 500
     grid_size: int = 100
     jobs: int = 2
     threads_per_job: int = 1
@@ -208,7 +210,7 @@ def _run_job(job: dict[str, Any], st: ReproductionSettings) -> dict[str, Any]:
                 if method == "VAE":
                     with torch.no_grad():
                         codes = setup.guide.distribution(ds.train).mean
-                best = {"rec": rec, "learned": learned, "codes": codes}
+                best = {"rec": rec, "learned": learned, "codes": codes, "setup": setup}
     assert best is not None
     pyro.set_rng_seed(job_seed(name, draw, method, -1))
     learned = best["learned"]
@@ -233,6 +235,7 @@ def _run_job(job: dict[str, Any], st: ReproductionSettings) -> dict[str, Any]:
         "job": spec,
     }
     out["passes_per_point_per_step"] = out["encoder_passes_per_point"] + out["decoder_passes_per_point"]
+    out["collapse"] = collapse_summary(best["setup"], learned, ds.test[: st.collapse_points])
     if job.get("grid"):
         grid, extent = _grid(torch.cat([ds.train, ds.test]), st.grid_size)
         out["grid_extent"] = extent
