@@ -31,7 +31,6 @@ CONSTRAINTS="$VENV/constraints.txt"
 printf '%s\n' $PINS > "$CONSTRAINTS"
 python -m pip install --quiet torch==2.13.0 -c "$CONSTRAINTS"
 python -m pip install --quiet --only-binary=:all: $PINS -c "$CONSTRAINTS"
-python -m pip install --quiet --no-deps -e .
-python -m pip install --quiet --only-binary=:all: "pytest>=7" "hypothesis>=6" "scikit-learn>=1.0" -c "$CONSTRAINTS"
+python -m pip install --quiet --prefer-binary -e ".[test]" -c "$CONSTRAINTS"
 python -m pip list 2>/dev/null | grep -i -E "^(torch|pyro-ppl|arviz|numpy|zuko|tqdm|matplotlib|pandas|scipy|xarray) "
 python -m pytest -q -p no:cacheprovider "${@:2}"

@@ -23,8 +23,8 @@ import json
 import math
 import os
 import platform
-import re
 import random
+import re
 import shlex
 import subprocess
 import sys

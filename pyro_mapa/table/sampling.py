@@ -111,7 +111,8 @@ def sample_with_replacement(
     m = log_probs.shape[1]
     suffix = log_suffix[rows]  # (B, M)
     mass = suffix[:, k : k + 1]
-    target = -(mass + uniforms.log())  # searchsorted needs increasing rows: use -log_suffix
+    # searchsorted needs increasing rows (use -log_suffix) and contiguous values (uniforms may be a view).
+    target = (-(mass + uniforms.log())).contiguous()
     pos = torch.searchsorted(-suffix, target, right=True) - 1
     pos = pos.clamp_(min=k, max=m - 1)
     dead = ~torch.isfinite(mass)
