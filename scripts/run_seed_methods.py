@@ -22,8 +22,12 @@ if __name__ == "__main__":
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--fixed-options", action="store_true",
+                        help="use each method's DEFAULT_OPTIONS instead of choosing from OPTION_GRIDS")
     args = parser.parse_args()
     extra = {"datasets": tuple(args.datasets)} if args.datasets else {}
+    if args.fixed_options:
+        extra["method_options"] = {m: {"options": {}} for m in args.methods}
     st = ReproductionSettings(methods=tuple(args.methods), draws=args.draws, restarts=args.restarts,
                               epochs=args.epochs, jobs=args.jobs, extra_mapa=(), sweep_mapa=(), sweep_iwae=(),
                               **extra)
