@@ -72,12 +72,17 @@ class LearnedModel:
     def importance_log_prob(self, x: Tensor, num_samples: int = 1000, fit_steps: int = 2000, seed: int = 0):
         """``log p(x)`` by importance sampling with a fitted mixture proposal (any ``d``).
 
+        A Gaussian-copula prior is integrated in ``u`` (standard normal), through :meth:`decode`.
+
         Returns:
             :class:`~pyro_mapa.evaluation.ImportanceEstimate` (``log_px``, ``stderr``, ``log_weights``).
         """
-        proposal = fit_proposal(x, self.decoder, self.log_prior, self.likelihood, self.latent_dim,
-                                steps=fit_steps, seed=seed)
-        return importance_log_likelihood(x, self.decoder, self.log_prior, self.likelihood, proposal,
+        if isinstance(self.prior, GaussianCopulaPrior):
+            decode, log_prior = self.decode, LearnedModel(self.decoder, self.likelihood, None, self.latent_dim).log_prior
+        else:
+            decode, log_prior = self.decoder, self.log_prior
+        proposal = fit_proposal(x, decode, log_prior, self.likelihood, self.latent_dim, steps=fit_steps, seed=seed)
+        return importance_log_likelihood(x, decode, log_prior, self.likelihood, proposal,
                                          num_samples=num_samples, generator=torch.Generator().manual_seed(seed))
 
     @torch.no_grad()

@@ -42,3 +42,32 @@ def test_from_groups_builds_all_groups():
     assert data["log_likelihood"]["x"].shape == (1, 20, 5)
     np.testing.assert_array_equal(np.asarray(data["observed_data"]["x"]), groups["observed_data"]["x"])
     np.testing.assert_array_equal(np.asarray(data["sample_stats"]["log_weight"]), groups["sample_stats"]["log_weight"])
+
+
+def test_good_k_is_arviz_threshold():
+    assert compat.good_k(1000) == min(1 - 1 / 3, 0.7)
+    assert compat.good_k(100) == 0.5
+    assert compat.good_k(5) == 0.7
+
+
+def test_elpd_data_and_compare_rank_with_paired_standard_errors():
+    """Pointwise values packed as ELPD data: az.compare's elpd, se, elpd_diff and dse are the sums and
+    sqrt(n var) of the values and of their paired differences."""
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=40)
+    b = a - 0.5 + 0.2 * rng.normal(size=40)  # worse by 0.5 per point, strongly paired with a
+    k = rng.uniform(0, 0.9, size=40)
+    ea = compat.elpd_data(a, num_samples=1000, pareto_k=k)
+    eb = compat.elpd_data(b, num_samples=0)
+    np.testing.assert_allclose(compat.elpd_pointwise(ea), a)
+    table = compat.compare({"b": eb, "a": ea})
+    assert list(table.index) == ["a", "b"]
+    assert abs(table.loc["a", compat.ELPD_COLUMN] - a.sum()) < 1e-9
+    assert abs(table.loc["a", "se"] - np.sqrt(40 * a.var())) < 1e-9
+    assert abs(abs(table.loc["b", "elpd_diff"]) - (a - b).sum()) < 1e-9  # 0.x: best - model; 1.x: model - best
+    assert abs(table.loc["b", "dse"] - np.sqrt(40 * (a - b).var())) < 1e-9
+    assert table.loc["b", "dse"] < 0.5 * table.loc["b", "se"]  # pairing cancels the shared variation
+    # k above ArviZ's threshold for 1000 draws (0.667) sets the warning; exact values carry none.
+    assert bool(ea["warning"]) and not bool(eb["warning"])
+    assert ea["good_k"] == compat.good_k(1000)
+    np.testing.assert_array_equal(np.asarray(ea["pareto_k"]), k)
