@@ -187,6 +187,37 @@ def provenance_table(files: dict[str, dict[str, Any]]) -> str:
     return _table(["file", "commit", "date", "libraries", "machine", "threads"], rows)
 
 
+def options_table(raw: dict[str, Any]) -> str:
+    """The setting each (data set, method) chose on validation log-likelihood, with the restart."""
+    rows = []
+    for r in raw.get("results", raw if isinstance(raw, list) else []):
+        opts = {k: v for k, v in (r.get("options") or {}).items() if k in ("alpha", "lambda_", "num_leapfrog",
+                                                                          "tempering")}
+        if opts and r.get("kind", "main") == "main":
+            tried = sorted({json.dumps({k: v for k, v in (x.get("options") or {}).items() if k in opts},
+                                       sort_keys=True) for x in r.get("restarts", [])})
+            rows.append([r["dataset"], r["method"], ", ".join(f"{k}={v}" for k, v in opts.items()), len(tried)])
+    return _table(["data set", "method", "chosen on validation LL", "settings tried"], rows)
+
+
+COLLAPSE_METRICS = (("active_units", "active units", "{:.0f}"),
+                    ("mutual_information", "I_q(x; z)", "{:.3f}"),
+                    ("aggregate_kl", "KL(q_agg ‖ p)", "{:.3f}"),
+                    ("model_collapse_kl", "E_x KL(p_θ(z\\| x) ‖ p(z))", "{:.3f}"))
+
+
+def collapse_table(raw: dict[str, Any]) -> str:
+    """Collapse diagnostics of each job's chosen restart, exact on the 1-D grid (blank: not defined)."""
+    rows = []
+    for r in raw.get("results", []):
+        c = r.get("collapse")
+        if c is None or r.get("kind", "main") != "main":
+            continue
+        cells = ["" if key not in c else fmt.format(c[key]) for key, _, fmt in COLLAPSE_METRICS]
+        rows.append([r["dataset"], r["label"], f"{r['test_kl']:.3f}", *cells])
+    return _table(["data set", "method", "test KL", *(name for _, name, _ in COLLAPSE_METRICS)], rows)
+
+
 def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
                 bold_among: Sequence[str] = BOLD_AMONG) -> dict[str, str]:
     """Every table whose JSON file exists in ``results_dir``, by name."""
@@ -200,6 +231,10 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         "non_identifiability": ("paper_reproduction.json", non_identifiability_table),
         "digits": ("digits.json", digits_table),
         "highdim": ("synthetic_highdim.json", highdim_table),
+        "seed_main": ("seed_methods/paper_reproduction.json", lambda d: main_table(d, ())),
+        "seed_passes": ("seed_methods/paper_reproduction.json", passes_table),
+        "seed_options": ("seed_methods/raw_results.json", options_table),
+        "collapse": ("collapse_1d/raw_results.json", collapse_table),
     }
     out, files = {}, {}
     for name, (file, build) in builders.items():
