@@ -186,7 +186,8 @@ def test_true_density_integrates_to_one(name):
 def test_mean_test_log_likelihood_matches_reference(name):
     ds = load_dataset(name, num_train=10, num_valid=10, num_test=2000, seed=0)
     ll = float(ds.true_log_prob(ds.test).mean())
-    assert ll == pytest.approx(REFERENCE_TEST_LL[name], abs=0.12)
+    # DATASETS.md: "about ±0.05 for a different random draw"; measured at seed 0: at most 0.058 (spiral_dots).
+    assert ll == pytest.approx(REFERENCE_TEST_LL[name], abs=0.06)
 
 
 def test_unknown_name_raises_value_error_naming_the_choices():

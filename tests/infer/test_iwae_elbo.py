@@ -78,15 +78,24 @@ def test_minibatch_bound_tightens_with_particles():
     assert exact_total - means[2] < 0.05 * (exact_total - means[0])
 
 
-def test_renyi_alpha0_is_not_a_bound_under_minibatching():
-    """Why TraceIWAE_ELBO exists: RenyiELBO scales inside the logsumexp (pyro #2220, #3104)."""
+def test_subsampled_iwae_is_a_bound_where_renyi_alpha0_need_not_be(record_property):
+    """Why TraceIWAE_ELBO exists: RenyiELBO scales inside the logsumexp (pyro #2220, #3104).
+
+    Our estimator is asserted to be a bound on a minibatched problem. Pyro's behaviour is
+    recorded (``record_property``) but not asserted, so this test keeps passing the day Pyro
+    fixes it; at pyro-ppl 1.9 its mean exceeds log p(X) by many standard errors here.
+    """
     model, x, exact = linear_gaussian()
     guide = poor_guide(x)
+    exact_total = float(exact.sum())
+    ours, ours_se = mean_and_se(TraceIWAE_ELBO(100), model, guide)
+    assert ours <= exact_total + 3 * ours_se
+    # ... and it is a tight one: with 100 particles it is within 10 % of the gap of the P = 1 bound.
+    elbo1, _ = mean_and_se(TraceIWAE_ELBO(1), model, guide)
+    assert exact_total - ours < 0.1 * (exact_total - elbo1)
     renyi = RenyiELBO(alpha=0, num_particles=100, vectorize_particles=True, max_plate_nesting=1)
     mean, se = mean_and_se(renyi, model, guide)
-    assert mean > float(exact.sum()) + 5 * se, "RenyiELBO's subsampled estimate exceeds log p(X)"
-    ours, ours_se = mean_and_se(TraceIWAE_ELBO(100), model, guide)
-    assert ours <= float(exact.sum()) + 3 * ours_se
+    record_property("renyi_alpha0_excess_in_se", (mean - exact_total) / se)
 
 
 def grads(elbo, model, guide, batch, seed):

@@ -155,7 +155,7 @@ def test_positive_codes_give_positive_samples_in_the_bulk():
     ids=["d2", "d3", "batched-d2"],
 )
 def test_multi_dimensional_codes_raise(codes):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="for 1-D codes"):
         GaussianCopulaPrior(codes)
 
 
@@ -163,11 +163,11 @@ def test_multi_dimensional_codes_raise(codes):
 def test_non_finite_codes_raise(bad):
     codes = torch.randn(10)
     codes[3] = bad
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="NaN or inf"):
         GaussianCopulaPrior(codes)
 
 
 @pytest.mark.parametrize("codes", [torch.tensor([1.5]), torch.zeros(1, 1), torch.zeros(0)], ids=["one", "one-2d", "zero"])
 def test_fewer_than_two_codes_raise(codes):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least two codes"):
         GaussianCopulaPrior(codes)

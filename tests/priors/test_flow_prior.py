@@ -227,7 +227,7 @@ def test_flow_distribution_in_a_pyro_model_under_a_plate(gauss_prior):
     # A single event broadcasts against the batch shape.
     assert d.expand([5]).log_prob(torch.zeros(2)).shape == (5,)
     # With validation on (conftest), a wrong event size is rejected.
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must match event_shape"):
         d.expand([5]).log_prob(torch.zeros(5, 3))
 
 

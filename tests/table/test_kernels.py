@@ -81,3 +81,27 @@ def test_bernoulli_rejects_non_binary_data():
 def test_kernel_validate_rejects_bad_data(data, exc, match):
     with pytest.raises(exc, match=match):
         GaussianKernel(1.0).validate(data)
+
+
+@pytest.mark.parametrize("kernel, scale", [(GaussianKernel(0.5), -2.0), (BernoulliKernel(0.8), -math.log(4.0))])  # h = 0.5: h² ≠ 2h
+def test_in_place_kernel_equals_closed_form(kernel, scale):
+    """The in-place map used by the table builder: log κ = scale · d² (Gaussian -1/(2h²), Bernoulli -log(ρ/(1-ρ)))."""
+    d2 = torch.tensor([[0.0, 1.0, 4.0], [9.0, 25.0, 2.0]], dtype=torch.float64)
+    expected = scale * d2
+    torch.testing.assert_close(kernel.log_kernel_from_sqdist(d2.clone()), expected, rtol=1e-12, atol=0)
+    buf = d2.clone()
+    out = kernel.log_kernel_from_sqdist_(buf)
+    assert out.data_ptr() == buf.data_ptr(), "the in-place map returns its argument"
+    torch.testing.assert_close(buf, expected, rtol=1e-12, atol=0)
+
+
+def test_kernel_flags_repr_and_binary_check():
+    assert BernoulliKernel.integer_sqdist is True and GaussianKernel.integer_sqdist is False
+    assert ProximityKernel.integer_sqdist is False
+    assert repr(GaussianKernel(0.5)) == "GaussianKernel(bandwidth=0.5)"
+    assert repr(BernoulliKernel(0.9)) == "BernoulliKernel(rho=0.9)"
+    BernoulliKernel(0.9).validate(torch.tensor([[0.0, 1.0], [1.0, 1.0]]))  # binary: accepted
+    with pytest.raises(ValueError, match="needs binary data"):
+        BernoulliKernel(0.9).validate(torch.tensor([[0.0, 1.0], [0.5, 1.0]]))
+    with pytest.raises(ValueError, match="needs binary data"):
+        BernoulliKernel(0.9).validate(torch.tensor([[0.0, 2.0], [1.0, 1.0]]))

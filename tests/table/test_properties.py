@@ -49,11 +49,12 @@ def test_table_rows_sum_to_one_and_chunking_is_exact(p, chunk):
     torch.testing.assert_close(table.log_probs.exp().sum(1), torch.ones(p["n"]), atol=1e-5, rtol=0)
     chunked = PosteriorTable.from_data(x, GaussianKernel(p["bandwidth"]), chunk_size=chunk)
     assert torch.equal(chunked.indices, table.indices)
-    # float32 matrix products of different block shapes round differently: relative 1e-5.
-    torch.testing.assert_close(chunked.log_probs, table.log_probs, rtol=1e-5, atol=1e-4)
+    # float32 matrix products of different block shapes round differently: a few ulps of the
+    # squared distance (relative 1.1e-5 seen at log q ≈ -117 with a tiny bandwidth): relative 3e-5.
+    torch.testing.assert_close(chunked.log_probs, table.log_probs, rtol=3e-5, atol=1e-4)
     m = max(1, p["n"] // 2)
     trunc = PosteriorTable.from_data(x, GaussianKernel(p["bandwidth"]), max_support=m, chunk_size=chunk)
-    torch.testing.assert_close(trunc.log_probs, table.log_probs[:, :m], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(trunc.log_probs, table.log_probs[:, :m], rtol=3e-5, atol=1e-4)
 
 
 @settings(max_examples=30, deadline=None)
@@ -69,7 +70,7 @@ def test_bound_exact_at_k_equals_n_and_never_nan(p, data):
     value = -TraceMAPA_ELBO(k, s).loss(model, guide)
     assert math.isfinite(value)
     if s == 0:
-        assert value <= exact + 1e-4  # a partial sum of positive terms
+        assert value <= exact + 1e-6 * abs(exact) + 1e-4  # a partial sum of positive terms (float32)
 
 
 @settings(max_examples=12, deadline=None)
@@ -82,4 +83,5 @@ def test_bound_below_exact_in_expectation(p, k, s):
     elbo = TraceMAPA_ELBO(k, s)
     vals = torch.tensor([-elbo.loss(model, guide) for _ in range(60)], dtype=torch.float64)
     se = float(vals.std() / math.sqrt(len(vals)))
-    assert float(vals.mean()) <= exact + 4 * se + 1e-4
+    # float32 sums of ~1e3 nats round at ~1e-7 relative: allow 1e-6 relative.
+    assert float(vals.mean()) <= exact + 4 * se + 1e-6 * abs(exact) + 1e-4

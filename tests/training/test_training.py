@@ -36,7 +36,10 @@ def build(name, ds, **kw):
 
 
 def test_methods_list():
-    assert METHODS == ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive")
+    assert METHODS == (
+        "VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive",  # the paper's methods
+        "RenyiELBO", "InfoVAE", "HVAE", "LIDVAE", "MAPA-LIDVAE", "LiBI",  # the seed methods
+    )
 
 
 @pytest.mark.parametrize("name", METHODS)
