@@ -8,6 +8,7 @@ One decoder, several ways to train it; switching is a change of guide and loss
 from .codebook import AmortizedCodebook
 from .distributions import TableCategorical, UniformIndex
 from .empiricalized import EmpiricalizedModel
+from .free_codebook import FreeCodebook
 from .icnn import ICNN, BrenierMap
 from .lidvae import FullRankLinear, LIDVAEDecoder
 from .likelihoods import BernoulliLikelihood, Likelihood, NormalLikelihood
@@ -19,6 +20,7 @@ __all__ = [
     "BernoulliLikelihood",
     "BrenierMap",
     "EmpiricalizedModel",
+    "FreeCodebook",
     "FullRankLinear",
     "ICNN",
     "LIDVAEDecoder",
