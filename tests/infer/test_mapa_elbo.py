@@ -314,3 +314,15 @@ def test_without_replacement_is_tighter_here():
 def test_remainder_option_is_checked():
     with pytest.raises(ValueError, match="remainder"):
         TraceMAPA_ELBO(1, 1, remainder="stratified")
+
+
+def test_without_replacement_at_one_sample_warns():
+    """S = 1 without replacement is looser than with replacement (issue: infinite-variance weight): say so."""
+    import warnings as _w
+
+    with pytest.warns(UserWarning, match="num_samples=1 gives a looser bound"):
+        TraceMAPA_ELBO(1, 1, remainder="without_replacement")
+    with _w.catch_warnings():
+        _w.simplefilter("error")
+        TraceMAPA_ELBO(1, 2, remainder="without_replacement")
+        TraceMAPA_ELBO(1, 1, remainder="with_replacement")
