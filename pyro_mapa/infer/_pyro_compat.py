@@ -14,10 +14,13 @@ pyro-ppl 1.8.6 and 1.9.x.
 - :data:`VECTORIZED_PARTICLE_PLATE`: the plate name ``ELBO`` uses for vectorized particles.
 - :func:`detach_distribution`: a copy of a distribution with its parameters detached.
 - :func:`get_plates`: the plates enclosing the current sample statement (``pyro.poutine.runtime``).
+- :class:`QuietNestingGuess`: an ``ELBO`` mixin whose first-call ``max_plate_nesting`` guess does not log
+  Pyro's ``INFO Guessed max_plate_nesting`` line (``ELBO._guess_max_plate_nesting``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Iterator
 
 from pyro.distributions.util import detach as _detach
@@ -29,6 +32,7 @@ from pyro.poutine.runtime import get_plates
 from pyro.poutine.util import site_is_subsample
 
 __all__ = [
+    "QuietNestingGuess",
     "VECTORIZED_PARTICLE_PLATE",
     "Messenger",
     "detach_distribution",
@@ -50,3 +54,24 @@ def get_traces(elbo: ELBO, model: Callable, guide: Callable, args: tuple, kwargs
 def detach_distribution(fn: Any) -> Any:
     """A shallow copy of the distribution ``fn`` whose tensor parameters are detached (for DReG)."""
     return _detach(fn)
+
+
+class _DropNestingGuess(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Guessed max_plate_nesting")
+
+
+class QuietNestingGuess:
+    """Mixin for our ``ELBO`` subclasses: the ``max_plate_nesting`` guess without Pyro's INFO log line.
+
+    Only that one record of the ``pyro.infer.elbo`` logger is dropped, only while our ELBO guesses.
+    """
+
+    def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
+        logger, quiet = logging.getLogger("pyro.infer.elbo"), _DropNestingGuess()
+        logger.addFilter(quiet)
+        try:
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)  # type: ignore[misc]
+        finally:
+            logger.removeFilter(quiet)
+

@@ -11,7 +11,7 @@ from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, check_positive_int
-from ._pyro_compat import get_importance_trace
+from ._pyro_compat import QuietNestingGuess, get_importance_trace
 
 __all__ = ["TraceInfoVAE_ELBO", "imq_kernel", "mmd_u_statistic", "rbf_kernel"]
 
@@ -130,7 +130,7 @@ def _check_real(value, name: str) -> float:
     return value
 
 
-class TraceInfoVAE_ELBO(ELBO):
+class TraceInfoVAE_ELBO(QuietNestingGuess, ELBO):
     """The InfoVAE objective (Zhao, Song and Ermon, AAAI 2019) as a Pyro loss, correct under minibatching.
 
     To maximise, as a data-set sum over :math:`N` points:

@@ -9,7 +9,13 @@ from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, check_count
-from ._pyro_compat import VECTORIZED_PARTICLE_PLATE, detach_distribution, get_importance_trace, get_traces
+from ._pyro_compat import (
+    VECTORIZED_PARTICLE_PLATE,
+    QuietNestingGuess,
+    detach_distribution,
+    get_importance_trace,
+    get_traces,
+)
 from ._tracing import plate_frame, reduce_to_particle_point, same_scale, scalar_scale, site_log_prob
 
 __all__ = ["TraceIWAE_ELBO", "drop_negligible", "negligible_log_ratio"]
@@ -45,7 +51,7 @@ def drop_negligible(log_w: Tensor, dim: int = 0) -> Tensor:
     return log_w.masked_fill(drop, -math.inf)
 
 
-class TraceIWAE_ELBO(ELBO):
+class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
     """The IWAE bound with ``P`` importance samples per data point, a lower bound under minibatching.
 
     .. math::

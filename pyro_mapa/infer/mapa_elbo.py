@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import NonFiniteLossError, check_count
 from ..table.counter_rng import counter_uniform
-from ._pyro_compat import Messenger, site_is_subsample
+from ._pyro_compat import Messenger, QuietNestingGuess, site_is_subsample
 from ._tracing import (
     peek_index_site,
     plate_frame,
@@ -31,7 +31,7 @@ __all__ = ["TraceMAPA_ELBO"]
 _PARTICLE_PLATE = "_mapa_particles"
 
 
-class TraceMAPA_ELBO(ELBO):
+class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
     """The MAPA bound: top-``K`` indices summed exactly plus ``S`` importance samples of the rest.
 
     For each data point :math:`x_n` with :math:`\\ell_i = \\log p_\\theta(x_n \\mid f_\\theta(g_\\phi(x_i)))`
