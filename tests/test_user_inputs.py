@@ -6,6 +6,8 @@ device, NumPy data, a table built on other data (refused without ``MAPAGuide(dat
 NaN/inf and wrong shapes.
 """
 
+import math
+
 import numpy as np
 import pyro
 import pyro.distributions as dist
@@ -289,3 +291,30 @@ def test_networks_of_the_wrong_sizes_are_refused_naming_the_fix(x):
         cb(torch.tensor([0]))
     with pytest.raises(TypeError, match=r"latent_dim must be an int"):
         VAEModel(small(1, D), x, 1.0, NormalLikelihood(0.3))
+
+
+@pytest.mark.parametrize("as_type", [list, np.array])
+def test_plain_function_model_takes_a_list_or_numpy_batch_under_the_mapa_elbo(as_type):
+    """A user's own model passes the batch straight to pyro.plate: a list or NumPy array of rows must work."""
+    import pyro.distributions as dist
+    from pyro.infer import SVI
+    from pyro.optim import Adam
+
+    from pyro_mapa import AmortizedCodebook, GaussianKernel, MAPAGuide, PosteriorTable, TraceMAPA_ELBO, mlp
+
+    x = torch.randn(30, 2)
+    codebook = AmortizedCodebook(mlp(2, 1, (8,)), mlp(1, 2, (8,)), x)
+
+    def model(batch_idx=None):
+        pyro.module("codebook", codebook)
+        with pyro.plate("data", len(x), subsample=batch_idx) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(len(x))))
+            pyro.sample("obs", dist.Normal(codebook(c), 0.1).to_event(1), obs=x[idx])
+
+    loss = TraceMAPA_ELBO(2, 2)
+    svi = SVI(model, MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.1))), Adam({"lr": 1e-3}), loss)
+    value = svi.step(as_type([0, 1, 2]))
+    pyro.set_rng_seed(0)
+    assert math.isfinite(value)
+    with pytest.raises(ValueError, match="negative indices are refused"):
+        svi.step(as_type([-1, 0]))

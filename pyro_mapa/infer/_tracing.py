@@ -9,6 +9,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
+from ..errors import as_index_tensor
 from ._pyro_compat import scale_and_mask, site_is_subsample
 
 __all__ = [
@@ -69,11 +70,11 @@ def peek_index_site(model: Callable, site: str, plate: str, args: tuple, kwargs:
         )
     if frame.dim is None:
         raise ValueError(f"plate {plate!r} must be vectorized (use `with pyro.plate(...)`, not a loop)")
+    full = frame.full_size if frame.full_size is not None else frame.size
     if plate in trace and site_is_subsample(trace.nodes[plate]):
-        subsample = trace.nodes[plate]["value"]
+        subsample = as_index_tensor(trace.nodes[plate]["value"], int(full))
     else:
         subsample = torch.arange(frame.size)
-    full = frame.full_size if frame.full_size is not None else frame.size
     return IndexSiteInfo(msg, frame.dim, int(full), subsample)
 
 

@@ -12,7 +12,7 @@ from pyro import poutine
 from pyro.infer import ELBO
 from torch import Tensor
 
-from ..errors import NonFiniteLossError, check_count
+from ..errors import NonFiniteLossError, as_index_tensor, check_count
 from ..table.counter_rng import counter_uniform
 from ._pyro_compat import Messenger, QuietNestingGuess, site_is_subsample
 from ._tracing import (
@@ -321,7 +321,8 @@ class _ForceIndex(Messenger):
 
     def _pyro_post_sample(self, msg) -> None:
         if msg["name"] == self.guide.plate and site_is_subsample(msg):
-            self.subsample = msg["value"]
+            # A list or NumPy array of row indices (a user's own model) becomes a long tensor; bad ones are refused.
+            self.subsample = as_index_tensor(msg["value"], self.guide.table.total_rows)
 
     def _pyro_sample(self, msg) -> None:
         if msg["name"] != self.guide.site:
