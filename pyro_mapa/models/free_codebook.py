@@ -184,7 +184,7 @@ class FreeCodebook(nn.Module):
             raise ValueError(f"index must hold code indices in [0, {self.num_codes}); {e}") from e
         out = self.decoder(z)
         self.decoder_passes += unique.shape[0]
-        return out[inverse].reshape(index.shape + out.shape[1:])
+        return out.index_select(0, inverse.reshape(-1)).reshape(index.shape + out.shape[1:])
 
     def extra_repr(self) -> str:
         return f"num_codes={self.num_codes}, latent_dim={self.latent_dim}"
