@@ -5,7 +5,7 @@ The whole public API, by layer (subpackage)::
     table        GaussianKernel, BernoulliKernel, ProximityKernel, PosteriorTable
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
                  NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex,
-                 LIDVAEDecoder, ICNN, BrenierMap (LIDVAE)
+                 LIDVAEDecoder, ICNN, BrenierMap (LIDVAE), FreeCodebook (free codes)
     infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
                  HamiltonianGuide (HVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood, exact_posterior, kl_to_posterior,
@@ -40,6 +40,7 @@ from .models import (
     BernoulliLikelihood,
     BrenierMap,
     EmpiricalizedModel,
+    FreeCodebook,
     LIDVAEDecoder,
     MeanFieldGuide,
     NormalLikelihood,
@@ -60,6 +61,7 @@ __all__ = [
     "BrenierMap",
     "EmpiricalizedModel",
     "FlowPrior",
+    "FreeCodebook",
     "GaussianCopulaPrior",
     "GaussianKernel",
     "HamiltonianGuide",

@@ -9,8 +9,6 @@ from ..errors import check_count
 
 __all__ = ["FreeCodebook", "pca_codes"]
 
-_INITS = ("pca", "normal")
-
 
 def pca_codes(data: Tensor, latent_dim: int, scale: float = 1.0) -> Tensor:
     """The data's projection on its top ``latent_dim`` principal axes, each axis scaled to std ``scale``.
