@@ -29,6 +29,7 @@ from ..infer._pyro_compat import site_is_subsample
 from ..infer._tracing import plate_frame, site_log_prob
 from ..infer.mapa_guide import MAPAGuide
 from ..models.codebook import AmortizedCodebook
+from ..models.free_codebook import FreeCodebook
 from ._arviz_compat import from_groups
 
 __all__ = ["aggregate_posterior", "to_inference_data"]
@@ -81,9 +82,10 @@ def to_inference_data(
 
     - ``posterior``: every latent site of the guide (for MAPA the index ``c``; for a VAE
       the code ``z`` with dims ``obs, z_dim``), and for a MAPA model with a
-      :class:`~pyro_mapa.AmortizedCodebook` also ``code``, the drawn index's code
-      :math:`z_{c_n} = g_\\phi(x_{c_n})`. Pooled over points these are draws from the
-      aggregate posterior :math:`\\tfrac1N \\sum_n q(z \\mid x_n)`.
+      :class:`~pyro_mapa.AmortizedCodebook` or :class:`~pyro_mapa.FreeCodebook` also
+      ``code``, the drawn index's code :math:`z_{c_n}` (:math:`g_\\phi(x_{c_n})`, or the
+      free code). Pooled over points these are draws from the aggregate posterior
+      :math:`\\tfrac1N \\sum_n q(z \\mid x_n)`.
     - ``sample_stats``: ``log_weight``,
       :math:`\\log p(x_n, \\text{latent}) - \\log q(\\text{latent} \\mid x_n)`, the log
       importance weights behind the importance-sampled estimates (their Pareto k̂:
@@ -141,7 +143,9 @@ def to_inference_data(
                 g = guide_trace.nodes[name]
                 lp = lp - _per_point(g, plate)
                 posterior.setdefault(name, []).append(site["value"].cpu().numpy())
-                if isinstance(guide, MAPAGuide) and isinstance(getattr(model, "codebook", None), AmortizedCodebook):
+                if isinstance(guide, MAPAGuide) and isinstance(
+                    getattr(model, "codebook", None), (AmortizedCodebook, FreeCodebook)
+                ):
                     posterior.setdefault("code", []).append(model.codebook.codes(site["value"]).cpu().numpy())
             lw = lp if lw is None else lw + lp
         if lw is None:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..evaluation.index_loglik import index_log_likelihood
 from ..models.codebook import AmortizedCodebook
+from ..models.free_codebook import FreeCodebook
 from ..models.likelihoods import Likelihood
 from ..table.posterior_table import PosteriorTable
 
@@ -18,7 +19,7 @@ __all__ = ["ProposalQuality", "index_posterior", "proposal_quality"]
 
 @torch.no_grad()
 def index_posterior(
-    codebook: AmortizedCodebook, likelihood: Likelihood, x: Tensor | None = None, chunk_size: int = 256
+    codebook: AmortizedCodebook | FreeCodebook, likelihood: Likelihood, x: Tensor | None = None, chunk_size: int = 256
 ) -> Tensor:
     """The learned empiricalized model's exact posterior over indices (Eq. 7), ``(n, N)`` log-probabilities.
 

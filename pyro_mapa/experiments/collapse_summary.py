@@ -22,14 +22,15 @@ def collapse_summary(setup: MethodSetup, learned: LearnedModel, x: Tensor) -> di
     (decoder and prior, on standard-normal latents: MAPA's through its recovered prior). The
     guide's numbers need a mean-field Gaussian ``q(z|x)`` (VAE, IWAE, RenyiELBO, InfoVAE, LIDVAE,
     LiBI); MAPA has no guide network, so only its active units (of the codes ``g(x)``) are
-    reported; HVAE's ``q`` is a flow without a closed form, so its guide numbers are left out.
+    reported (none for MAPA-free, whose codes belong to the training points only); HVAE's ``q`` is a flow without a closed form, so its guide numbers are left out.
     Exact on the grid for ``d ≤ 2``.
     """
     encoder = None
     if isinstance(setup.guide, MeanFieldGuide):
         encoder = setup.guide
     elif isinstance(setup.model, EmpiricalizedModel):
-        encoder = setup.model.codebook.encoder
+        # None for free codes (MAPA-free): they have no map from a new x to its code.
+        encoder = getattr(setup.model.codebook, "encoder", None)
     try:
         report = collapse_diagnostics(x, learned.latent_dim, encoder=encoder, decode=learned.decode,
                                       likelihood=learned.likelihood)

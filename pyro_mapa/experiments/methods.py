@@ -8,6 +8,8 @@ method         guide                            loss
 ``MAPA``       MAPA table (kernel on the data)  ``TraceMAPA_ELBO(K, S)``
 ``MAPA-GT``    true index posterior (Eq. 7)     ``TraceMAPA_ELBO(K, S)``
 ``MAPA-naive`` uniform table                    ``TraceMAPA_ELBO(K, S)``
+``MAPA-free``  MAPA table, free codes (no        ``TraceMAPA_ELBO(K, S)``
+               encoder: ``FreeCodebook``)
 ``RenyiELBO``  mean-field Gaussian              Pyro's ``RenyiELBO(alpha=0, num_particles=S)``
 ``InfoVAE``    mean-field Gaussian              ``TraceInfoVAE_ELBO(alpha, lambda_)``
 ``HVAE``       ``HamiltonianGuide`` (K steps)   ``Trace_ELBO``
@@ -19,6 +21,11 @@ method         guide                            loss
 After training, :class:`LearnedModel` is the original model (Eq. 1) each method
 defines: the decoder with a standard-normal prior (VAE-type methods) or the decoder with
 the prior recovered from the codes by a Gaussian copula (MAPA variants, §6).
+
+``MAPA-free`` learns one free code per training point (:class:`~pyro_mapa.FreeCodebook`,
+started at the data's PCA projection) instead of an encoder ``g_φ``; everything else
+(table, bound, prior recovery, evaluation) is MAPA's. Its ``encoder`` slot holds the
+codebook, whose only parameters are the codes.
 
 Per-method settings (InfoVAE's α and λ, HVAE's K, step size and tempering) are passed
 as ``options``; :data:`OPTION_GRIDS` lists the small grids `pyro-mapa reproduce` chooses
@@ -40,6 +47,7 @@ from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_EL
 from ..models import (
     AmortizedCodebook,
     EmpiricalizedModel,
+    FreeCodebook,
     LIDVAEDecoder,
     Likelihood,
     MeanFieldGuide,
@@ -54,9 +62,9 @@ from .learned_model import LearnedModel
 
 __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
 
-METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "RenyiELBO", "InfoVAE", "HVAE", "LIDVAE",
-           "MAPA-LIDVAE", "LiBI")
-MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-LIDVAE")
+METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "RenyiELBO", "InfoVAE", "HVAE",
+           "LIDVAE", "MAPA-LIDVAE", "LiBI")
+MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "MAPA-LIDVAE")
 
 # Small grids chosen on validation log-likelihood by `pyro-mapa reproduce` (one setting per data set and
 # draw, together with the restart). (alpha, lambda) = (0, 1) is the plain VAE, left out on purpose.
@@ -172,7 +180,8 @@ def build_method(
         num_top, num_samples: ``K`` and ``S`` of the MAPA bound.
         num_particles: ``S`` of the IWAE.
         table: The table for the MAPA variants (required for ``MAPA-GT``; built from
-            the data with the likelihood's kernel for ``MAPA``; uniform for ``MAPA-naive``).
+            the data with the likelihood's kernel for ``MAPA``, ``MAPA-free`` and ``MAPA-LIDVAE``;
+            uniform for ``MAPA-naive``).
         seed: Seeds the network initialization.
         options: Per-method settings over :data:`DEFAULT_OPTIONS` (InfoVAE: ``alpha``, ``lambda_``,
             ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
@@ -210,14 +219,19 @@ def build_method(
             setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
                                           opts["stage1_fraction"])
         return setup
-    encoder = mlp(d_obs, latent_dim, hidden)
     if table is None:
         if name == "MAPA-GT":
             raise ValueError("MAPA-GT needs table=true_posterior_table(...) built from the true decoder")
         table = (
             PosteriorTable.uniform(n) if name == "MAPA-naive" else PosteriorTable.from_data(data, likelihood.kernel())
         )
-    model = EmpiricalizedModel(AmortizedCodebook(encoder, decoder, data), likelihood)
+    if name == "MAPA-free":
+        codebook: nn.Module = FreeCodebook(n, latent_dim, decoder, data, init="pca")
+        encoder = codebook  # the codes are its only parameters
+    else:
+        encoder = mlp(d_obs, latent_dim, hidden)
+        codebook = AmortizedCodebook(encoder, decoder, data)
+    model = EmpiricalizedModel(codebook, likelihood)
     guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data
     loss = TraceMAPA_ELBO(num_top, num_samples, max_plate_nesting=1)
     return MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)

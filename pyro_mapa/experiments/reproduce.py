@@ -173,7 +173,7 @@ def _run_job(job: dict[str, Any], st: ReproductionSettings) -> dict[str, Any]:
     pyro.set_rng_seed(job_seed(name, draw, method, -1))
     ds = load_dataset(name, st.num_train, st.num_valid, st.num_test, seed=draw)
     table = None
-    if method == "MAPA":
+    if method in ("MAPA", "MAPA-free", "MAPA-LIDVAE"):
         table = PosteriorTable.from_data(ds.train, ds.likelihood.kernel())
     elif method == "MAPA-GT":
         table = true_posterior_table(ds.train, ds.train_z, ds.decoder, ds.likelihood)

@@ -144,7 +144,7 @@ def trained():
     torch.set_num_threads(1)
     ds = load_dataset("circle", num_train=120, num_valid=40, num_test=40, seed=2)
     out = {}
-    for method in ("MAPA", "VAE"):
+    for method in ("MAPA", "VAE", "MAPA-free"):
         import pyro
 
         pyro.clear_param_store()
@@ -176,6 +176,15 @@ def test_to_inference_data_mapa(trained):
     assert "log_likelihood" not in idata.groups()
     with pytest.raises(TypeError, match="log likelihood not found"):
         az.loo(idata)
+
+
+def test_to_inference_data_free_codes(trained):
+    _, setups = trained
+    s = setups["MAPA-free"]
+    idata = to_inference_data(s.model, s.guide, None, num_draws=5)
+    c = torch.as_tensor(idata.posterior["c"].values[0, 2])
+    # The drawn index's own free code, not an encoder's output (there is none).
+    np.testing.assert_array_equal(idata.posterior["code"].values[0, 2], s.model.codebook.z.detach()[c].numpy())
 
 
 def test_to_inference_data_vae(trained):

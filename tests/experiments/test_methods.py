@@ -50,6 +50,28 @@ def test_libi_trains_the_decoder_only_in_stage_one(data):
     assert result.decoder_passes_per_point > 2
 
 
+def test_free_codes_method_has_no_encoder_and_learns_its_codes(data):
+    from pyro_mapa.experiments.collapse_summary import collapse_summary
+    from pyro_mapa.models import FreeCodebook
+    from pyro_mapa.models.free_codebook import pca_codes
+
+    pyro.clear_param_store()
+    free = build_method("MAPA-free", data.train, data.likelihood, hidden=(8,), seed=0)
+    amortized = build_method("MAPA", data.train, data.likelihood, hidden=(8,), seed=0)
+    cb = free.model.codebook
+    assert isinstance(cb, FreeCodebook) and free.encoder is cb
+    # MAPA's table (the same kernel on the same data), codes started at the PCA projection.
+    torch.testing.assert_close(free.guide.table.log_probs, amortized.guide.table.log_probs)
+    torch.testing.assert_close(cb.z.detach(), pca_codes(data.train, 1))
+    start = cb.z.detach().clone()
+    result = free.train(len(data.train), epochs=3, batch_size=20, lr=1e-2, seed=0)
+    assert result.encoder_passes_per_point == 0 and result.decoder_passes_per_point > 0
+    assert float((cb.z.detach() - start).abs().max()) > 1e-3
+    summary = collapse_summary(free, free.learned_model(), data.test)
+    # No encoder: the model's own collapse KL only, no active units of a map from x to a code.
+    assert "active_units" not in summary and summary["model_collapse_kl"] >= 0
+
+
 def test_unknown_method(data):
     with pytest.raises(ValueError, match="unknown method 'NVAE'; choose one of"):
         build_method("NVAE", data.train, data.likelihood)
