@@ -1,0 +1,47 @@
+"""The per-job collapse numbers of `pyro-mapa reproduce` against independent estimates."""
+
+import math
+
+import pyro
+import pytest
+import torch
+
+from pyro_mapa.evaluation.latent_posterior import grid_log_marginal
+from pyro_mapa.experiments.collapse_summary import collapse_summary
+from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.experiments.methods import build_method
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("circle", 60, 30, 30, seed=0)
+
+
+def test_guide_posterior_kl_is_the_gap_between_log_likelihood_and_elbo(data):
+    """E_x KL(q(z|x) || p(z|x)) by quadrature equals E_x[log p(x) - ELBO(x)], the ELBO by Monte Carlo."""
+    pyro.clear_param_store()
+    setup = build_method("VAE", data.train, data.likelihood, hidden=(8,), seed=0)
+    setup.train(len(data.train), epochs=3, batch_size=20, lr=1e-2, seed=0)
+    learned = setup.learned_model()
+    x = data.test
+    summary = collapse_summary(setup, learned, x)
+    with torch.no_grad():
+        log_px = grid_log_marginal(x, learned.decode, learned.likelihood, latent_dim=1).double()
+        q = setup.guide.distribution(x)
+        z = q.sample(torch.Size([20000]))  # (M, n, 1)
+        log_w = (learned.likelihood(learned.decode(z)).log_prob(x).double()
+                 + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1).double() - q.log_prob(z).double())
+    gap = log_px - log_w  # (M, n): per draw, mean over draws is log p(x) - ELBO(x)
+    per_draw = gap.mean(1)
+    se = float(per_draw.std() / math.sqrt(len(per_draw)))
+    assert summary["guide_posterior_kl"] > 0.05  # a 3-epoch encoder is far from the posterior
+    assert abs(summary["guide_posterior_kl"] - float(per_draw.mean())) < 4 * se + 2e-3, (summary, se)
+
+
+def test_free_codes_report_the_model_collapse_only(data):
+    pyro.clear_param_store()
+    setup = build_method("MAPA-free", data.train, data.likelihood, hidden=(8,), seed=0)
+    setup.train(len(data.train), epochs=2, batch_size=20, lr=1e-2, seed=0)
+    summary = collapse_summary(setup, setup.learned_model(), data.test)
+    # No encoder and no guide network: neither active units nor q's numbers, the model's collapse KL only.
+    assert set(summary) == {"model_collapse_kl"} and summary["model_collapse_kl"] > 0.1
