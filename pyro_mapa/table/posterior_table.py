@@ -48,6 +48,15 @@ class TableRows(NamedTuple):
     log_probs: Tensor
 
 
+def _uniforms(given: Tensor | None, shape: tuple[int, int], generator, device, dtype, *, include_one: bool) -> Tensor:
+    """The caller's ``uniforms`` (checked and copied) or fresh ones: in ``(0, 1]`` if ``include_one`` else ``[0, 1)``."""
+    if given is None:
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        return 1.0 - u if include_one else u
+    if given.shape != shape:
+        raise ValueError(f"uniforms must have shape {shape}, got {tuple(given.shape)}")
+    return given.to(device=device, dtype=dtype).clone()
+
 
 class PosteriorTable:
     """The MAPA posterior :math:`q(c_n = \\cdot)` for every row, sorted, possibly truncated.
@@ -356,12 +365,7 @@ class PosteriorTable:
         if s == 0 or k == self.support_size:
             return TableRows(self.indices.new_empty((b, 0)), self.log_probs.new_empty((b, 0)))
         dtype = self.log_probs.dtype
-        if uniforms is None:
-            uniforms = 1.0 - torch.rand(b, s, generator=generator, device=self.device, dtype=dtype)
-        else:
-            if uniforms.shape != (b, s):
-                raise ValueError(f"uniforms must have shape {(b, s)}, got {tuple(uniforms.shape)}")
-            uniforms = uniforms.to(device=self.device, dtype=dtype)
+        uniforms = _uniforms(uniforms, (b, s), generator, self.device, dtype, include_one=True)
         idx, log_q = sample_with_replacement(self.indices, self.log_probs, self.log_suffix_mass(), r, k, s, uniforms)
         return TableRows(idx, log_q)
 
@@ -388,12 +392,7 @@ class PosteriorTable:
         if min(s, width) == 0:
             return TableRows(rest.indices.new_empty((b, 0)), rest.log_probs.new_empty((b, 0)))
         device, dtype = rest.log_probs.device, rest.log_probs.dtype
-        if uniforms is None:
-            u = torch.rand(b, width, generator=generator, device=device, dtype=dtype)
-        else:
-            if uniforms.shape != (b, width):
-                raise ValueError(f"uniforms must have shape {(b, width)}, got {tuple(uniforms.shape)}")
-            u = uniforms.to(device=device, dtype=dtype).clone()
+        u = _uniforms(uniforms, (b, width), generator, device, dtype, include_one=False)
         idx, log_incl = sample_without_replacement(rest.indices, rest.log_probs, s, u)
         return TableRows(idx, log_incl)
 
