@@ -39,7 +39,7 @@ from ..table.posterior_table import PosteriorTable
 from .collapse_summary import collapse_summary
 from .datasets import DATASET_NAMES, load_dataset
 from .methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
-from .provenance import jsonable, provenance
+from .provenance import git_state, jsonable, provenance
 
 __all__ = ["PAPER_METHODS", "ReproductionSettings", "gaussian_reference", "job_seed", "run_job",
            "run_reproduction", "summarize"]
@@ -387,6 +387,8 @@ def run_reproduction(
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    # The code that runs is the code at the start: record it now, and say so if the tree changes meanwhile.
+    prov = provenance(st, jobs=st.jobs, threads_per_job=st.threads_per_job, command=command)
     start = time.perf_counter()
     results = _run_all(_jobs(st), st.jobs, progress)
     summary = summarize(results, st)
@@ -400,7 +402,8 @@ def run_reproduction(
         "kl_se": "standard error over draws (over test points when there is one draw)",
         "passes": "encoder + decoder rows per data point per gradient step, best restart",
     }
-    prov = provenance(st, jobs=st.jobs, threads_per_job=st.threads_per_job, command=command)
+    if git_state() != prov["git"]:
+        prov["git_at_end"] = git_state()  # the tree changed while the jobs ran
     summary["provenance"] = prov
     (output / "paper_reproduction.json").write_text(json.dumps(summary, indent=2) + "\n")
     raw = {"provenance": prov, "settings": jsonable(st), "results": [_light(r) for r in results]}

@@ -84,6 +84,30 @@ def test_results_record_their_provenance(tmp_path):
     assert f"| paper_reproduction.json | {commit}" in made["provenance"]
 
 
+def test_provenance_is_the_code_at_the_start_of_the_run(tmp_path, monkeypatch):
+    """A commit made while the jobs run does not relabel them: the start's state is kept, the end's added."""
+    from pyro_mapa.experiments import reproduce
+
+    state = {"commit": "a" * 40}
+
+    def git(*a):
+        return {"commit": state["commit"], "dirty": False, "changes_sha256": None, "untracked_package_files": 0}
+
+    real_run_all = reproduce._run_all
+
+    def run_all_then_commit(*a, **k):
+        out = real_run_all(*a, **k)
+        state["commit"] = "b" * 40
+        return out
+
+    monkeypatch.setattr(prov_mod, "git_state", git)
+    monkeypatch.setattr(reproduce, "git_state", git)
+    monkeypatch.setattr(reproduce, "_run_all", run_all_then_commit)
+    run_reproduction(ReproductionSettings(**{**TINY, "methods": ("VAE",), "restarts": 1}), tmp_path, progress=False)
+    prov = json.loads((tmp_path / "raw_results.json").read_text())["provenance"]
+    assert prov["git"]["commit"] == "a" * 40 and prov["git_at_end"]["commit"] == "b" * 40
+
+
 def test_provenance_fields_and_git():
     p = provenance({"a": (1, 2)}, jobs=3, threads_per_job=1, command=["pyro-mapa", "x y"])
     assert set(p) == {"schema", "package", "git", "libraries", "python", "machine", "threads", "jobs", "settings",
