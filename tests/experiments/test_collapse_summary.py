@@ -45,3 +45,39 @@ def test_free_codes_report_the_model_collapse_only(data):
     summary = collapse_summary(setup, setup.learned_model(), data.test)
     # No encoder and no guide network: neither active units nor q's numbers, the model's collapse KL only.
     assert set(summary) == {"model_collapse_kl"} and summary["model_collapse_kl"] > 0.1
+
+
+def test_guide_posterior_kl_by_monte_carlo_agrees_with_the_grid_and_covers_narrow_guides(data):
+    from pyro_mapa.evaluation.latent_posterior import GridMassError, grid_log_marginal
+    from pyro_mapa.experiments.collapse_summary import guide_posterior_kl
+    from pyro_mapa.models import MeanFieldGuide
+
+    pyro.clear_param_store()
+    setup = build_method("VAE", data.train, data.likelihood, hidden=(8,), seed=0)
+    setup.train(len(data.train), epochs=20, batch_size=20, lr=1e-2, seed=0)
+    learned, x = setup.learned_model(), data.test
+    grid, grid_se = guide_posterior_kl(setup.guide, learned, x, method="grid")
+    mc, se = guide_posterior_kl(setup.guide, learned, x, num_samples=4000, method="monte_carlo")
+    assert grid_se == 0 and 0 < se < 0.05 and abs(mc - grid) < 4 * se + 1e-3, (grid, mc, se)
+
+    # A guide 1e-4 wide at z0 = 0.3 for every point: the grid cannot hold it, Monte Carlo can.
+    # KL(q || p(z|x)) = -H(q) - E_q log p(z|x) = -H(q) - [log p(x|z0) + log N(z0) - log p(x)] + O(width^2).
+    class Narrow(torch.nn.Module):
+        def forward(self, x):
+            loc = torch.full((len(x), 1), 0.3)
+            return torch.cat([loc, torch.full_like(loc, -9.21)], -1)  # softplus(-9.21) + 1e-5 ≈ 1.1e-4
+
+    narrow = MeanFieldGuide(Narrow(), data.train, 1)
+    with pytest.raises(GridMassError):
+        guide_posterior_kl(narrow, learned, x, method="grid")
+    kl, se = guide_posterior_kl(narrow, learned, x, num_samples=200)
+    with torch.no_grad():
+        q = narrow.distribution(x)
+        z0 = torch.full((1, 1), 0.3)
+        log_joint = (learned.likelihood(learned.decode(z0)).log_prob(x)
+                     + torch.distributions.Normal(0.0, 1.0).log_prob(z0).sum())
+        log_px = grid_log_marginal(x, learned.decode, learned.likelihood, latent_dim=1)
+        expected = float((-q.entropy() - log_joint.double() + log_px.double()).mean())
+    assert se > 0 and abs(kl - expected) < 4 * se + 1e-3 * abs(expected), (kl, expected, se)
+    with pytest.raises(ValueError, match="method must be"):
+        guide_posterior_kl(narrow, learned, x, method="quadrature")
