@@ -60,6 +60,18 @@ def test_top1_is_autoencoder_objective_minus_n_log_n():
     cb = model.codebook
     recon = float(lik(cb.decoder(cb.encoder(x))).log_prob(x).sum().detach())
     assert bound(model, guide, 1, 0) == pytest.approx(recon - n * math.log(n), rel=1e-6)
+    # The documented defaults (K = 1, S = 0) are this autoencoder objective.
+    assert -TraceMAPA_ELBO().loss(model, guide, None) == pytest.approx(recon - n * math.log(n), rel=1e-6)
+
+
+def test_step_count_counts_evaluations_from_zero():
+    """``step_count`` is the counter-based RNG's step (documented): 0 before the first evaluation, +1 per evaluation."""
+    model, guide, x, _ = mapa_setup()
+    elbo = TraceMAPA_ELBO(1, 2, rng_seed=3)
+    assert elbo.step_count == 0
+    for step in range(1, 4):
+        elbo.loss(model, guide, None)
+        assert elbo.step_count == step
 
 
 def test_bound_increases_with_k_when_s_is_zero():
