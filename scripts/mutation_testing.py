@@ -56,7 +56,7 @@ MODULE_TESTS: dict[str, list[str]] = {
         "tests/infer/test_mapa_elbo.py",
     ],
     "pyro_mapa/infer/mapa_elbo.py": ["tests/infer/test_mapa_elbo.py"],
-    "pyro_mapa/infer/iwae_elbo.py": ["tests/infer/test_iwae_elbo.py"],
+    "pyro_mapa/infer/iwae_elbo.py": ["tests/infer/test_iwae_elbo.py", "tests/infer/test_subnormal.py"],
     "pyro_mapa/table/kernels.py": ["tests/table/test_kernels.py", "tests/table/test_posterior_table.py"],
     "pyro_mapa/evaluation/exact.py": ["tests/evaluation/test_exact_evaluation.py"],
     "pyro_mapa/evaluation/index_loglik.py": ["tests/evaluation/test_exact_evaluation.py"],

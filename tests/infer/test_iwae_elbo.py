@@ -173,3 +173,86 @@ def test_global_latent_and_non_reparameterized_sites_are_errors():
         TraceIWAE_ELBO(3).loss(model_discrete, guide_discrete)
     with pytest.raises(ValueError, match="num_particles"):
         TraceIWAE_ELBO(0)
+
+
+def test_default_is_ten_particles():
+    model, x, _ = linear_gaussian()
+    guide = poor_guide(x)
+    batch = torch.arange(6)
+    pyro.set_rng_seed(4)
+    default = TraceIWAE_ELBO(max_plate_nesting=1).loss(model, guide, batch)
+    pyro.set_rng_seed(4)
+    assert TraceIWAE_ELBO(10, max_plate_nesting=1).loss(model, guide, batch) == default
+    pyro.set_rng_seed(4)
+    assert TraceIWAE_ELBO(11, max_plate_nesting=1).loss(model, guide, batch) != default
+
+
+def test_differentiable_loss_is_the_loss_and_gives_its_gradients():
+    model, x, _ = linear_gaussian()
+    guide = poor_guide(x)
+    with torch.no_grad():
+        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    batch = torch.arange(8)
+    elbo = TraceIWAE_ELBO(5, max_plate_nesting=1)  # no nesting guess: each call draws the same way
+    pyro.set_rng_seed(2)
+    value = elbo.loss(model, guide, batch)
+    pyro.set_rng_seed(2)
+    loss = elbo.differentiable_loss(model, guide, batch)
+    assert float(loss.detach()) == pytest.approx(value, rel=1e-6) and value > 0  # minus a bound well below 0
+    model.zero_grad()
+    guide.zero_grad()
+    loss.backward()
+    by_backward = torch.cat([p.grad.reshape(-1) for p in [*model.decoder.parameters(), *guide.encoder.parameters()]])
+    dec, enc = grads(elbo, model, guide, batch, 2)
+    torch.testing.assert_close(by_backward, torch.cat([dec, enc]))
+
+
+def test_an_observed_site_outside_the_data_plate_adds_its_log_probability_once():
+    """log p(y) of a global observed y enters the bound once per step, not scaled by N/B, with a plus sign."""
+    model, x, exact = linear_gaussian()
+    guide = exact_posterior_guide(x)
+    y = torch.tensor(1.3)
+
+    def with_global(batch=None):
+        pyro.sample("y", dist.Normal(0.0, 2.0), obs=y)
+        return model(batch)
+
+    batch = torch.tensor([1, 4, 9])
+    expected = N / len(batch) * float(exact[batch].sum()) + float(dist.Normal(0.0, 2.0).log_prob(y))
+    assert -TraceIWAE_ELBO(3).loss(with_global, guide, batch) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("num_particles", [1, 4])
+@pytest.mark.parametrize("data_dim", [-2, -1])
+def test_a_plate_nested_inside_the_data_plate_is_summed_per_point(num_particles, data_dim):
+    """The linear-Gaussian model with its two coordinates in a nested plate (right or left of the data
+    plate's dim) instead of ``to_event(1)``: the same exact bound (the guide is the exact posterior)."""
+    model, x, exact = linear_gaussian()
+    guide = exact_posterior_guide(x)
+    coords_dim = -1 if data_dim == -2 else -2
+
+    def layout(t):  # (..., B, 2) -> the batch layout of the two plates
+        return t if data_dim == -2 else t.transpose(-1, -2)
+
+    def nested(batch=None):
+        pyro.module("decoder", model.decoder)
+        with pyro.plate("data", N, subsample=batch, dim=data_dim) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+            # z: (B, 1), or (P, B, 1, 1) / (P, 1, B, 1) with particles: drop the size-1 slot of the other plate.
+            means = model.decoder(z.squeeze(-2) if data_dim == -2 else (z.squeeze(-3) if z.dim() == 4 else z))
+            with pyro.plate("coords", 2, dim=coords_dim):
+                pyro.sample("x", dist.Normal(layout(means), SIGMA), obs=layout(x[idx]))
+
+    def nested_guide(batch=None):
+        pyro.module("encoder", guide.encoder)
+        with pyro.plate("data", N, subsample=batch, dim=data_dim) as idx:
+            q = guide.distribution(x[idx])
+            loc, scale = q.base_dist.loc, q.base_dist.scale
+            if data_dim == -2:
+                loc, scale = loc.unsqueeze(-2), scale.unsqueeze(-2)
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    batch = torch.tensor([0, 5, 6, 20])
+    expected = N / len(batch) * float(exact[batch].sum())
+    value = -TraceIWAE_ELBO(num_particles, max_plate_nesting=2, plate="data").loss(nested, nested_guide, batch)
+    assert value == pytest.approx(expected, rel=1e-4)
