@@ -7,7 +7,7 @@ import torch
 from pyro.infer import RenyiELBO
 from torch import nn
 
-from pyro_mapa import MeanFieldGuide, NormalLikelihood, TraceIWAE_ELBO, VAEModel
+from pyro_mapa import MeanFieldGuide, NonFiniteLossError, NormalLikelihood, TraceIWAE_ELBO, VAEModel
 
 N, SIGMA = 50, 0.5
 A = torch.tensor([[1.5], [-0.7]])
@@ -256,3 +256,53 @@ def test_a_plate_nested_inside_the_data_plate_is_summed_per_point(num_particles,
     expected = N / len(batch) * float(exact[batch].sum())
     value = -TraceIWAE_ELBO(num_particles, max_plate_nesting=2, plate="data").loss(nested, nested_guide, batch)
     assert value == pytest.approx(expected, rel=1e-4)
+
+
+def test_dreg_counts_a_parameter_registered_twice_once_and_allows_unused_ones():
+    model, x, _ = linear_gaussian()
+    guide = poor_guide(x)
+    with torch.no_grad():
+        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    batch = torch.arange(8)
+    unused = nn.Linear(1, 1)
+
+    def model_with_unused(batch=None):
+        pyro.module("unused", unused)  # registered, never used by the loss
+        return model(batch)
+
+    def guide_registered_twice(batch=None):
+        pyro.module("encoder_again", guide.encoder)  # the same tensors under a second name
+        return guide(batch)
+
+    def run(m, g):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(5)
+        for p in [*model.decoder.parameters(), *guide.encoder.parameters()]:
+            p.grad = None
+        TraceIWAE_ELBO(10, dreg=True, max_plate_nesting=1).loss_and_grads(m, g, batch)
+        return torch.cat([p.grad.reshape(-1) for p in [*model.decoder.parameters(), *guide.encoder.parameters()]])
+
+    torch.testing.assert_close(run(model_with_unused, guide_registered_twice), run(model, guide))
+    assert all(p.grad is None or not p.grad.any() for p in unused.parameters())
+
+
+def test_non_finite_loss_names_its_cause():
+    model, x, _ = linear_gaussian()
+    guide = exact_posterior_guide(x)
+    nan = torch.tensor(float("nan"))
+
+    def nan_global(batch=None):
+        pyro.sample("y", dist.Normal(0.0, 1.0), obs=nan)
+        return model(batch)
+
+    class NaNDecoder(nn.Module):
+        def forward(self, z):
+            return model.decoder(z) * nan
+
+    nan_local = VAEModel(NaNDecoder(), x, 1, NormalLikelihood(SIGMA))
+
+    with pyro.validation_enabled(False):  # Pyro's own checks would refuse the NaN first
+        with pytest.raises(NonFiniteLossError, match="globals are non-finite"):
+            TraceIWAE_ELBO(3).loss(nan_global, guide, torch.arange(4))
+        with pytest.raises(NonFiniteLossError, match="log-weights are non-finite"):
+            TraceIWAE_ELBO(3).loss(nan_local, guide, torch.arange(4))
