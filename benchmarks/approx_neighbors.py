@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from pyro_mapa import GaussianKernel, PosteriorTable
+from pyro_mapa.experiments.provenance import provenance
 
 
 def main() -> None:
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "approx_neighbors.json")
     args = parser.parse_args()
+    prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first
     torch.set_num_threads(args.threads)
     import faiss
 
@@ -60,7 +62,7 @@ def main() -> None:
     meta = {"command": "python benchmarks/approx_neighbors.py --sizes " + " ".join(map(str, args.sizes))
             + f" --threads {args.threads}", "setting": "D=64, M=32, Gaussian kernel h=4, R=2048"}
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    args.output.write_text(json.dumps({"meta": meta, "rows": rows, "provenance": prov}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

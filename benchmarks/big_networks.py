@@ -63,6 +63,7 @@ from pyro_mapa import (
     VAEModel,
     mlp,
 )
+from pyro_mapa.experiments.provenance import provenance
 from pyro_mapa.infer import iwae_elbo
 from pyro_mapa.models.free_codebook import FreeCodebook
 
@@ -289,6 +290,7 @@ def main() -> None:
                         "mask off (before/after issue 13), interleaved with the masked ones")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first
     objectives = [o for o in OBJECTIVES if o in args.objectives or o == REFERENCE]
     base_objectives = list(objectives)
     if args.unmasked:
@@ -339,7 +341,7 @@ def main() -> None:
         "table_build_s": round(table_s, 2),
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"meta": meta, "regimes": regimes}, indent=2) + "\n")
+    output.write_text(json.dumps({"meta": meta, "regimes": regimes, "provenance": prov}, indent=2) + "\n")
     for reg in regimes:
         print(f"\n{reg['label']}: encoder {reg['encoder_hidden']}, decoder {reg['decoder_hidden']}")
         print(markdown(reg))

@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyro_mapa.experiments.datasets import load_dataset
 from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.experiments.provenance import provenance
 
 try:
     from step_time import PlainMAPAStep
@@ -58,6 +59,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "profile_small.json")
     args = parser.parse_args()
+    prov = provenance(vars(args), jobs=1, threads_per_job=None)  # the code that runs: taken first
     torch.set_num_threads(1)
     pyro.set_rng_seed(0)
     ds = load_dataset("figure8", num_train=1000, num_valid=10, num_test=10)
@@ -137,7 +139,7 @@ def main() -> None:
                    "per-step CPU microseconds; ratios within repeats",
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"meta": meta, "rows": rows, "op_counts": counts}, indent=2) + "\n")
+    args.output.write_text(json.dumps({"meta": meta, "rows": rows, "op_counts": counts, "provenance": prov}, indent=2) + "\n")
     print("| part | CPU µs / step | vs floor, same validation (range) |")
     print("|---|---|---|")
     for r in rows:

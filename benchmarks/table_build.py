@@ -23,6 +23,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pyro_mapa.experiments.provenance import provenance
+
 CASE = r"""
 import json, resource, sys, time, torch
 from pyro_mapa import GaussianKernel, PosteriorTable
@@ -55,6 +57,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=0, help="query rows per block (0: the library default)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "table_build.json")
     args = parser.parse_args()
+    prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first
     rows = []
     for n in args.sizes:
         out = subprocess.run(
@@ -78,7 +81,7 @@ def main() -> None:
         "loglog_slope_ours": slope,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    args.output.write_text(json.dumps({"meta": meta, "rows": rows, "provenance": prov}, indent=2) + "\n")
     print("| N | ours (s) | sklearn brute kNN (s) | ratio | top-M identical | peak RSS (MiB) |")
     print("|---|---|---|---|---|---|")
     for r in rows:

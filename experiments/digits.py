@@ -88,12 +88,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.flow_steps, args.proposal_steps, args.is_samples, args.grid = 2, 50, 50, 100, 41
+    prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first
     start = time.perf_counter()
     out = run(args)
     out["wall_clock_seconds"] = round(time.perf_counter() - start, 1)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        out["provenance"] = provenance(vars(args), jobs=1, threads_per_job=args.threads)
+        out["provenance"] = prov
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 
 

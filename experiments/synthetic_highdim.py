@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first
     if args.quick:
         args.num_train, args.epochs, args.grid = 3000, 1, 61
     torch.set_num_threads(args.threads)
@@ -95,7 +96,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in out.items() if k != "methods"}))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        out["provenance"] = provenance(vars(args), jobs=1, threads_per_job=args.threads)
+        out["provenance"] = prov
         args.output.write_text(json.dumps(out, indent=2) + "\n")
 
 
