@@ -306,3 +306,41 @@ def test_non_finite_loss_names_its_cause():
             TraceIWAE_ELBO(3).loss(nan_global, guide, torch.arange(4))
         with pytest.raises(NonFiniteLossError, match="log-weights are non-finite"):
             TraceIWAE_ELBO(3).loss(nan_local, guide, torch.arange(4))
+
+
+def test_dreg_gradient_equals_a_hand_written_dreg_estimator_on_the_same_draws():
+    """DReG (Tucker et al. 2019, Eq. 7) written out in plain torch for the linear-Gaussian model, on the
+    draws Pyro makes under the same seed: sum_p w~_p² d log w_p/dz_p dz_p/dphi with phi fixed inside log q."""
+    model, x, _ = linear_gaussian()
+    x = x.clone()
+    x[30] += 20.0  # an outlier: every weight of this point is hundreds of nats below the other points'
+    model = VAEModel(model.decoder, x, 1, NormalLikelihood(SIGMA))
+    guide = poor_guide(x)
+    with torch.no_grad():
+        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+        guide.encoder.bias[1] = 0.0  # a narrower guide: uneven weights, some far below their point's largest
+    batch, p, seed = torch.tensor([0, 3, 4, 10, 30]), 6, 11
+    elbo = TraceIWAE_ELBO(p, dreg=True, max_plate_nesting=1)
+
+    def by_hand():
+        pyro.set_rng_seed(seed)
+        q = guide.distribution(x[batch])
+        eps = torch.empty(p, len(batch), 1).normal_()  # the draws Normal.rsample makes under the seed
+        z = q.base_dist.loc + q.base_dist.scale * eps
+        fixed = dist.Normal(q.base_dist.loc.detach(), q.base_dist.scale.detach()).to_event(1)
+        log_w = (dist.Normal(model.decoder(z), SIGMA).to_event(1).log_prob(x[batch])
+                 + dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - fixed.log_prob(z))
+        w = torch.softmax(log_w.detach(), 0)
+        bound = N / len(batch) * (torch.logsumexp(log_w, 0) - math.log(p)).sum()
+        surrogate = N / len(batch) * (w.pow(2) * log_w).sum()
+        enc = torch.autograd.grad(-surrogate, list(guide.encoder.parameters()), retain_graph=True)
+        dec = torch.autograd.grad(-bound, list(model.decoder.parameters()))
+        return float(-bound.detach()), torch.cat([g.reshape(-1) for g in dec]), torch.cat([g.reshape(-1) for g in enc])
+
+    loss, dec_h, enc_h = by_hand()
+    pyro.set_rng_seed(seed)
+    assert elbo.loss(model, guide, batch) == pytest.approx(loss, rel=1e-5)  # the same draws
+    dec, enc = grads(elbo, model, guide, batch, seed)
+    torch.testing.assert_close(dec, dec_h, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(enc, enc_h, rtol=1e-4, atol=1e-5)
+    assert enc_h.abs().max() > 1e-2  # a gradient that the comparison can see
