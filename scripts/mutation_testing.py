@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.module or list(MODULE_TESTS)
     only = {int(s) for s in args.only.split(",") if s}
 
-    work = tempfile.mkdtemp(prefix="pyro_mapa_mut_")
+    work = tempfile.mkdtemp(prefix="mutants_")
     _prepare_copy(repo, work)
     os.chdir(work)
     sys.path.insert(0, work)
