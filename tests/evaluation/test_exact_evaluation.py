@@ -194,3 +194,20 @@ def test_grid_log_likelihood_2d_linear_gaussian_closed_form():
     torch.testing.assert_close(got, exact, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="dimension 1 or 2"):
         grid_log_likelihood(x, lambda z: z, log_prior, NormalLikelihood(sigma), [-1] * 3, [1] * 3)
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_grid_log_likelihood_trapezoid_endpoints_with_a_uniform_prior(d):
+    """A uniform prior on [0, 1]^d puts mass at the grid's ends, so the trapezoid's half end weights matter.
+
+    x ~ N(z, 0.3² I), z ~ U[0, 1]^d: p(x) = prod_k [Φ((1 - x_k)/σ) - Φ(-x_k/σ)] in closed form.
+    """
+    from pyro_mapa.evaluation import grid_log_likelihood
+
+    sigma = 0.3
+    x = torch.tensor([[0.1, 0.5], [0.9, -0.2], [0.5, 1.3]], dtype=torch.float64)[:, :d]
+    normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
+    exact = (normal.cdf((1 - x) / sigma) - normal.cdf(-x / sigma)).log().sum(-1)
+    got = grid_log_likelihood(x, lambda z: z, lambda z: torch.zeros(len(z), dtype=z.dtype),
+                              NormalLikelihood(sigma), [0.0] * d, [1.0] * d, num_points=401)
+    torch.testing.assert_close(got, exact, rtol=0, atol=2e-5)
