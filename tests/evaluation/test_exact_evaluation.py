@@ -198,16 +198,21 @@ def test_grid_log_likelihood_2d_linear_gaussian_closed_form():
 
 @pytest.mark.parametrize("d", [1, 2])
 def test_grid_log_likelihood_trapezoid_endpoints_with_a_uniform_prior(d):
-    """A uniform prior on [0, 1]^d puts mass at the grid's ends, so the trapezoid's half end weights matter.
+    """A uniform prior on a box puts mass at the grid's ends, so the trapezoid's half end weights matter.
 
-    x ~ N(z, 0.3² I), z ~ U[0, 1]^d: p(x) = prod_k [Φ((1 - x_k)/σ) - Φ(-x_k/σ)] in closed form.
+    x ~ N(z, 0.3² I), z ~ U(box) with box [0, 1] × [-0.5, 1.5] (the first d sides):
+    p(x) = prod_k [Φ((hi_k - x_k)/σ) - Φ((lo_k - x_k)/σ)] / (hi_k - lo_k) in closed form.
     """
     from pyro_mapa.evaluation import grid_log_likelihood
 
     sigma = 0.3
+    low, high = torch.tensor([0.0, -0.5], dtype=torch.float64)[:d], torch.tensor([1.0, 1.5], dtype=torch.float64)[:d]
     x = torch.tensor([[0.1, 0.5], [0.9, -0.2], [0.5, 1.3]], dtype=torch.float64)[:, :d]
     normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
-    exact = (normal.cdf((1 - x) / sigma) - normal.cdf(-x / sigma)).log().sum(-1)
-    got = grid_log_likelihood(x, lambda z: z, lambda z: torch.zeros(len(z), dtype=z.dtype),
-                              NormalLikelihood(sigma), [0.0] * d, [1.0] * d, num_points=401)
+    exact = ((normal.cdf((high - x) / sigma) - normal.cdf((low - x) / sigma)) / (high - low)).log().sum(-1)
+    log_area = float((high - low).log().sum())
+    got = grid_log_likelihood(x, lambda z: z, lambda z: torch.full((len(z),), -log_area, dtype=z.dtype),
+                              NormalLikelihood(sigma), low.tolist(), high.tolist(), num_points=401)
     torch.testing.assert_close(got, exact, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="need high > low on every dimension, got 1.0 and 1.0"):
+        grid_log_likelihood(x, lambda z: z, lambda z: z[:, 0] * 0, NormalLikelihood(sigma), [1.0] * d, [1.0] * d)
