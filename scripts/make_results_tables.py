@@ -14,6 +14,7 @@ Tables (name: source):
   free_codes           MAPA vs MAPA with free codes, test KL     docs/results/free_codes/paper_reproduction.json
   free_passes          their passes and seconds per epoch        docs/results/free_codes/paper_reproduction.json
   collapse             collapse diagnostics, every method        docs/results/collapse/raw_results.json
+  mutation             mutation score per module                 docs/results/mutation/*.json
   provenance           which commit, libraries, machine made each file
 
 Every method in the JSON gets its column or row, in the order the run wrote them, so a
@@ -229,6 +230,18 @@ def collapse_table(raw: dict[str, Any]) -> str:
     return _table(["data set", "method", "test KL", *(name for _, name, _ in COLLAPSE_METRICS)], rows)
 
 
+def mutation_table(runs: dict[str, Any]) -> str:
+    """Killed / total per module (timeouts count as killed) and the surviving mutants, from the mutation JSONs."""
+    rows = []
+    for path, r in sorted(runs.items()):
+        survivors = [m for m in r["mutants"] if m["status"] == "survived"]
+        timeouts = sum(m["status"] == "timeout" for m in r["mutants"])
+        rows.append([f"`{path.removeprefix('pyro_mapa/')}`", f"{r['killed']} / {r['total']}",
+                     f"{100 * r['killed'] / r['total']:.1f} %", timeouts,
+                     ", ".join(f"#{m['id']}" for m in survivors) or "none"])
+    return _table(["module", "killed / total", "score", "of which timeouts", "survivors"], rows)
+
+
 def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
                 bold_among: Sequence[str] = BOLD_AMONG) -> dict[str, str]:
     """Every table whose JSON file exists in ``results_dir``, by name."""
@@ -254,6 +267,11 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         if (results_dir / file).exists():
             files.setdefault(file, load(file))
             out[name] = build(files[file])
+    mutation = {}
+    for path in sorted((results_dir / "mutation").glob("*.json")):
+        mutation.update(json.loads(path.read_text()))
+    if mutation:
+        out["mutation"] = mutation_table(mutation)
     if files:
         out["provenance"] = provenance_table(files)
     return out

@@ -145,7 +145,9 @@ def compare(elpds: dict[str, Any]):
         with warnings.catch_warnings():
             # ArviZ 0.x calls DataFrame.sort_values(inplace=True), which pandas >= 3.1 deprecates.
             warnings.filterwarnings("ignore", message="The inplace keyword", category=DeprecationWarning)
-            return arviz.compare(elpds)
+            # One model: its weight is 1 under every method, and ArviZ 0.18's stacking optimizer fails
+            # on an empty set of free weights, so take the closed-form pseudo-BMA weights.
+            return arviz.compare(elpds, method="pseudo-BMA" if len(elpds) == 1 else "stacking")
     import inspect
 
     from arviz_stats import compare as _compare

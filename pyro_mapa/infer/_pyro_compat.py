@@ -64,14 +64,17 @@ class _DropNestingGuess(logging.Filter):
 class QuietNestingGuess:
     """Mixin for our ``ELBO`` subclasses: the ``max_plate_nesting`` guess without Pyro's INFO log line.
 
-    Only that one record of the ``pyro.infer.elbo`` logger is dropped, only while our ELBO guesses.
+    Only that one record is dropped, only while our ELBO guesses: Pyro >= 1.9 logs it on the
+    ``pyro.infer.elbo`` logger, Pyro 1.8 on the root logger (``logging.info``), so both get the filter.
     """
 
     def _guess_max_plate_nesting(self, model: Callable, guide: Callable, args: tuple, kwargs: dict) -> None:
-        logger, quiet = logging.getLogger("pyro.infer.elbo"), _DropNestingGuess()
-        logger.addFilter(quiet)
+        loggers, quiet = (logging.getLogger("pyro.infer.elbo"), logging.getLogger()), _DropNestingGuess()
+        for logger in loggers:
+            logger.addFilter(quiet)
         try:
             super()._guess_max_plate_nesting(model, guide, args, kwargs)  # type: ignore[misc]
         finally:
-            logger.removeFilter(quiet)
+            for logger in loggers:
+                logger.removeFilter(quiet)
 

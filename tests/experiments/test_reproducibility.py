@@ -264,10 +264,12 @@ def _tables_module():
 
 
 def test_docs_tables_are_generated_from_the_committed_json(tmp_path):
-    """Every marked table of docs/results.md is what the script makes from docs/results/*.json."""
+    """Every marked table of docs/results.md (and reliability.md's mutation table) is what the script makes
+    from docs/results/*.json."""
     tables = _tables_module()
     docs = Path(__file__).resolve().parents[2] / "docs" / "results.md"
     assert tables.main(["--check", str(docs)]) == 0
+    assert tables.main(["--check", str(docs.with_name("reliability.md"))]) == 0
     text = docs.read_text()
     assert {"main", "passes", "digits"} <= set(tables.splice(text, tables.make_tables())[1])
     # A number changed by hand in a marked table is caught.

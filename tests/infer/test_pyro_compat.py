@@ -84,10 +84,14 @@ def test_quiet_nesting_guess_drops_only_pyros_guess_line():
     assert issubclass(TraceIWAE_ELBO, compat.QuietNestingGuess)
     x = torch.randn(20, 2)
     vae, mf = VAEModel(mlp(1, 2, (4,)), x, 1, NormalLikelihood(0.1)), MeanFieldGuide(mlp(2, 2, (4,)), x, 1)
-    logger, collect = logging.getLogger("pyro.infer.elbo"), _Collect()
-    level = logger.level
+    # Pyro >= 1.9 logs the guess on "pyro.infer.elbo" (whose parent "pyro" does not propagate),
+    # Pyro 1.8 on the root logger: listen on both.
+    logger, root, collect = logging.getLogger("pyro.infer.elbo"), logging.getLogger(), _Collect()
+    level, root_level = logger.level, root.level
+    root.addHandler(collect)
     logger.addHandler(collect)
     logger.setLevel(logging.INFO)
+    root.setLevel(logging.INFO)
     try:
         TraceIWAE_ELBO(3).loss(vae, mf, torch.arange(5))
         assert not any("Guessed max_plate_nesting" in m for m in collect.messages)
@@ -95,9 +99,11 @@ def test_quiet_nesting_guess_drops_only_pyros_guess_line():
         Trace_ELBO(num_particles=2, vectorize_particles=True).loss(vae, mf, torch.arange(5))
         assert any("Guessed max_plate_nesting" in m for m in collect.messages)
     finally:
+        root.removeHandler(collect)
         logger.removeHandler(collect)
         logger.setLevel(level)
-    assert not logger.filters
+        root.setLevel(root_level)
+    assert not logger.filters and not root.filters
 
 
 @pytest.mark.parametrize("name", compat.__all__)
