@@ -332,9 +332,56 @@ def test_without_replacement_at_one_sample_warns():
     """S = 1 without replacement is looser than with replacement (issue: infinite-variance weight): say so."""
     import warnings as _w
 
-    with pytest.warns(UserWarning, match="num_samples=1 gives a looser bound"):
+    with pytest.warns(UserWarning, match="num_samples=1 gives a looser bound") as record:
         TraceMAPA_ELBO(1, 1, remainder="without_replacement")
+    assert record[0].filename == __file__  # points at the caller's line, not at the library
     with _w.catch_warnings():
         _w.simplefilter("error")
         TraceMAPA_ELBO(1, 2, remainder="without_replacement")
         TraceMAPA_ELBO(1, 1, remainder="with_replacement")
+
+
+def test_counter_based_draws_without_replacement_are_exact_when_s_covers_the_remainder():
+    model, guide, x, lik = mapa_setup()
+    n = len(x)
+    elbo = TraceMAPA_ELBO(2, n - 2, remainder="without_replacement", rng_seed=7)
+    assert -elbo.loss(model, guide, None) == pytest.approx(exact_lml(model, lik), rel=1e-6)
+    small = TraceMAPA_ELBO(2, 3, remainder="without_replacement", rng_seed=7)
+    values = [small.loss(model, guide, None) for _ in range(3)]
+    assert len(set(values)) == 3  # a new counter step each call, reproducible from the seed
+    again = TraceMAPA_ELBO(2, 3, remainder="without_replacement", rng_seed=7)
+    assert [again.loss(model, guide, None) for _ in range(3)] == values
+
+
+def test_a_masked_index_site_drops_the_masked_points():
+    """Points whose index site is masked out contribute nothing: at K = N the bound is the exact
+    log-likelihood summed over the unmasked points only (their likelihood sites are not masked)."""
+    g = torch.Generator().manual_seed(3)
+    n = 10
+    x, means = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+    keep = torch.tensor([True, False, True, True, False, True, True, True, False, True])
+
+    def model(batch=None):
+        with pyro.plate("data", n, subsample=batch) as idx:
+            with pyro.poutine.mask(mask=keep[idx]):  # the index site's mask (not the distribution's)
+                c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+            pyro.sample("x", dist.Normal(means[c], 0.5).to_event(1), obs=x[idx])
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    per_point = torch.logsumexp(dist.Normal(means, 0.5).to_event(1).log_prob(x.unsqueeze(1)), 1) - math.log(n)
+    bound = -TraceMAPA_ELBO(n, 0, max_plate_nesting=1).loss(model, guide, None)
+    assert bound == pytest.approx(float(per_point[keep].sum()), rel=1e-5)
+
+
+def test_an_index_site_after_the_data_plate_is_refused():
+    n = 6
+    x = torch.randn(n, 2)
+
+    def model(batch=None):
+        with pyro.plate("data", n, subsample=batch) as idx:
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand([len(idx), 2]).to_event(1), obs=x[idx])
+        pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(1.0)), "c", "data")
+    with pytest.raises(ValueError, match="not inside a plate named 'data'"):
+        TraceMAPA_ELBO(1, max_plate_nesting=1).loss(model, guide, None)
