@@ -233,6 +233,17 @@ def test_nan_loss_is_a_clear_error():
         TraceMAPA_ELBO(2, 2).loss(model, guide)
 
 
+def test_an_infinite_global_term_is_named():
+    model, guide, x, lik = mapa_setup()
+
+    def with_infinite_factor(batch=None):
+        pyro.factor("g", torch.tensor(math.inf))  # a global term of +inf: neither NaN nor -inf
+        return model(batch)
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite term\(s\): globals\."):
+        TraceMAPA_ELBO(2, 2, max_plate_nesting=1).loss(with_infinite_factor, guide)
+
+
 @pytest.mark.parametrize("k, s, match", [(-1, 0, "num_top"), (1, -2, "num_samples"), (0, 0, "num_top \\+ num_samples")])
 def test_bad_k_s(k, s, match):
     with pytest.raises(ValueError, match=match):
