@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
     modules = args.module or list(MODULE_TESTS)
     only = {int(s) for s in args.only.split(",") if s}
+    if args.out:
+        args.out = os.path.abspath(args.out)  # before the chdir into the temporary copy
 
     work = tempfile.mkdtemp(prefix="mutants_")
     _prepare_copy(repo, work)
