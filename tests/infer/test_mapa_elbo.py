@@ -396,3 +396,27 @@ def test_an_index_site_after_the_data_plate_is_refused():
     guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(1.0)), "c", "data")
     with pytest.raises(ValueError, match="not inside a plate named 'data'"):
         TraceMAPA_ELBO(1, max_plate_nesting=1).loss(model, guide, None)
+
+
+@pytest.mark.parametrize("k, s", [(10, 0), (3, 0)])
+def test_data_plate_left_of_a_nested_plate(k, s):
+    """The index site in a data plate at dim -2 with the coordinates in a plate at dim -1: at K = N the
+    bound is the exact log-likelihood, below it for K < N (S = 0)."""
+    g = torch.Generator().manual_seed(4)
+    n = 10
+    x, means = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g)
+
+    def model(batch=None):
+        with pyro.plate("data", n, subsample=batch, dim=-2) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))  # (..., B, 1)
+            with pyro.plate("coords", 2, dim=-1):
+                pyro.sample("x", dist.Normal(means[c.squeeze(-1)], 0.5), obs=x[idx])
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    exact = float((torch.logsumexp(dist.Normal(means, 0.5).to_event(1).log_prob(x.unsqueeze(1)), 1)
+                   - math.log(n)).sum())
+    bound = -TraceMAPA_ELBO(k, s, max_plate_nesting=2).loss(model, guide, None)
+    if k == n:
+        assert bound == pytest.approx(exact, rel=1e-5)
+    else:
+        assert bound < exact - 1e-3
