@@ -382,6 +382,10 @@ def test_a_masked_index_site_drops_the_masked_points():
     per_point = torch.logsumexp(dist.Normal(means, 0.5).to_event(1).log_prob(x.unsqueeze(1)), 1) - math.log(n)
     bound = -TraceMAPA_ELBO(n, 0, max_plate_nesting=1).loss(model, guide, None)
     assert bound == pytest.approx(float(per_point[keep].sum()), rel=1e-5)
+    # Any K (here one particle): the masked full batch is the kept points' minibatch, unscaled.
+    kept = keep.nonzero().squeeze(-1)
+    top1 = TraceMAPA_ELBO(1, 0, max_plate_nesting=1)
+    assert top1.loss(model, guide, None) == pytest.approx(len(kept) / n * top1.loss(model, guide, kept), rel=1e-5)
 
 
 def test_an_index_site_after_the_data_plate_is_refused():
