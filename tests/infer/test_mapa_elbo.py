@@ -424,3 +424,24 @@ def test_data_plate_left_of_a_nested_plate(k, s):
         assert bound == pytest.approx(exact, rel=1e-5)
     else:
         assert bound < exact - 1e-3
+
+
+def test_data_plate_right_of_another_plate():
+    """max_plate_nesting = 2 with the data plate at dim -1 (a global plate at dim -2 elsewhere in the
+    model): at K = N the bound is the exact log-likelihood plus the global plate's observed terms."""
+    g = torch.Generator().manual_seed(5)
+    n = 8
+    x, means, y = torch.randn(n, 2, generator=g), torch.randn(n, 2, generator=g), torch.randn(3, 1, generator=g)
+
+    def model(batch=None):
+        with pyro.plate("data", n, subsample=batch, dim=-1) as idx:
+            c = pyro.sample("c", dist.Categorical(logits=torch.zeros(n)))
+            pyro.sample("x", dist.Normal(means[c], 0.5).to_event(1), obs=x[idx])
+        with pyro.plate("extra", 3, dim=-2):
+            pyro.sample("y", dist.Normal(0.0, 1.0), obs=y)
+
+    guide = MAPAGuide(PosteriorTable.from_data(x, GaussianKernel(0.5)), "c", "data")
+    exact = float((torch.logsumexp(dist.Normal(means, 0.5).to_event(1).log_prob(x.unsqueeze(1)), 1)
+                   - math.log(n)).sum() + dist.Normal(0.0, 1.0).log_prob(y).sum())
+    bound = -TraceMAPA_ELBO(n, 0, max_plate_nesting=2).loss(model, guide, None)
+    assert bound == pytest.approx(exact, rel=1e-5)
