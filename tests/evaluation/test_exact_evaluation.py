@@ -46,6 +46,9 @@ def test_quadrature_linear_gaussian_closed_form(a, b, sigma):
     assert calls == [(2001, 1)], "decode runs once, on the (G, 1) grid"
     ref = mvn_log_prob(x, b, cov)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    # One query point alone (the block size comes from the first row's size).
+    torch.testing.assert_close(quadrature_log_likelihood(x[-1:], decode, NormalLikelihood(sigma)), ref[-1:],
+                               rtol=0, atol=1e-6)
 
 
 def test_quadrature_chunking_and_dtype():
@@ -145,6 +148,8 @@ def test_empirical_log_likelihood_on_query_points():
     got = empirical_log_likelihood(cb, NormalLikelihood(sigma), xq, chunk_size=4)
     assert got.shape == (6,)
     torch.testing.assert_close(got.detach(), brute_empirical(cb, sigma, xq), rtol=0, atol=1e-10)
+    one = empirical_log_likelihood(cb, NormalLikelihood(sigma), xq[2:3])
+    torch.testing.assert_close(one.detach(), brute_empirical(cb, sigma, xq[2:3]), rtol=0, atol=1e-10)
 
 
 def test_empirical_log_likelihood_is_differentiable():
@@ -214,5 +219,8 @@ def test_grid_log_likelihood_trapezoid_endpoints_with_a_uniform_prior(d):
     got = grid_log_likelihood(x, lambda z: z, lambda z: torch.full((len(z),), -log_area, dtype=z.dtype),
                               NormalLikelihood(sigma), low.tolist(), high.tolist(), num_points=401)
     torch.testing.assert_close(got, exact, rtol=0, atol=2e-5)
+    one = grid_log_likelihood(x[1:2], lambda z: z, lambda z: torch.full((len(z),), -log_area, dtype=z.dtype),
+                              NormalLikelihood(sigma), low.tolist(), high.tolist(), num_points=401)
+    torch.testing.assert_close(one, exact[1:2], rtol=0, atol=2e-5)
     with pytest.raises(ValueError, match="need high > low on every dimension, got 1.0 and 1.0"):
         grid_log_likelihood(x, lambda z: z, lambda z: z[:, 0] * 0, NormalLikelihood(sigma), [1.0] * d, [1.0] * d)

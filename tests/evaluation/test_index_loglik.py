@@ -56,8 +56,9 @@ def test_index_log_likelihood_edge_cases():
 @pytest.mark.parametrize("kind", ["normal", "bernoulli"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("max_elements", [1, 5, 40, 2**24])
-def test_log_mixture_likelihood_is_the_brute_force_logsumexp(kind, weighted, max_elements):
-    x, params, lik = case(kind)
+@pytest.mark.parametrize("n", [1, 7])
+def test_log_mixture_likelihood_is_the_brute_force_logsumexp(kind, weighted, max_elements, n):
+    x, params, lik = case(kind, n=n)
     log_w = torch.log_softmax(torch.randn(len(params), generator=torch.Generator().manual_seed(1),
                                           dtype=torch.float64), 0) if weighted else None
     expected = torch.logsumexp(brute_force(x, params, lik) + (0 if log_w is None else log_w), dim=1)
