@@ -14,7 +14,8 @@ Tables (name: source):
   free_codes           MAPA vs MAPA with free codes, test KL     docs/results/free_codes/paper_reproduction.json
   free_passes          their passes and seconds per epoch        docs/results/free_codes/paper_reproduction.json
   collapse             collapse diagnostics, every method        docs/results/collapse/raw_results.json
-  mutation             mutation score per module                 docs/results/mutation/*.json
+  mutation             mutation score per module                 docs/results/mutation/*.json (+ rechecks/)
+  mutation_equivalents the survivors counted as equivalent, why  docs/results/mutation_equivalents.json
   provenance           which commit, libraries, machine made each file
 
 Every method in the JSON gets its column or row, in the order the run wrote them, so a
@@ -230,16 +231,37 @@ def collapse_table(raw: dict[str, Any]) -> str:
     return _table(["data set", "method", "test KL", *(name for _, name, _ in COLLAPSE_METRICS)], rows)
 
 
-def mutation_table(runs: dict[str, Any]) -> str:
-    """Killed / total per module (timeouts count as killed) and the surviving mutants, from the mutation JSONs."""
+def mutation_table(runs: dict[str, Any], rechecks: dict[str, set[int]] | None = None,
+                   equivalents: dict[str, dict[str, str]] | None = None) -> str:
+    """Killed / total per module (timeouts count as killed), then the survivors: killed by a test added after
+    the run (``rechecks``, rerun with ``--only``), shown equivalent (``equivalents``, with reasons in the
+    docs), or unexplained. The last column is the score over the non-equivalent mutants."""
+    rechecks, equivalents = rechecks or {}, equivalents or {}
     rows = []
     for path, r in sorted(runs.items()):
-        survivors = [m for m in r["mutants"] if m["status"] == "survived"]
-        timeouts = sum(m["status"] == "timeout" for m in r["mutants"])
+        survivors = {m["id"] for m in r["mutants"] if m["status"] == "survived"}
+        later = survivors & rechecks.get(path, set())
+        equivalent = {int(i) for i in equivalents.get(path, {})} & (survivors - later)
+        unexplained = sorted(survivors - later - equivalent)
+        killed = r["killed"] + len(later)
         rows.append([f"`{path.removeprefix('pyro_mapa/')}`", f"{r['killed']} / {r['total']}",
-                     f"{100 * r['killed'] / r['total']:.1f} %", timeouts,
-                     ", ".join(f"#{m['id']}" for m in survivors) or "none"])
-    return _table(["module", "killed / total", "score", "of which timeouts", "survivors"], rows)
+                     f"{100 * r['killed'] / r['total']:.1f} %", len(later), len(equivalent),
+                     ", ".join(f"#{i}" for i in unexplained) or "none",
+                     f"{killed} / {r['total'] - len(equivalent)} ({100 * killed / (r['total'] - len(equivalent)):.1f} %)"])
+    return _table(["module", "killed / total (run)", "score", "killed by later tests", "equivalent",
+                   "unexplained survivors", "killed / non-equivalent"], rows)
+
+
+def mutation_equivalents_table(runs: dict[str, Any], equivalents: dict[str, dict[str, str]]) -> str:
+    """Each surviving mutant counted as equivalent, with the mutation and the reason."""
+    rows = []
+    for path, r in sorted(runs.items()):
+        by_id = {m["id"]: m for m in r["mutants"]}
+        for i, reason in sorted(equivalents.get(path, {}).items(), key=lambda kv: int(kv[0])):
+            m = by_id.get(int(i))
+            if m is not None and m["status"] == "survived":
+                rows.append([f"`{path.removeprefix('pyro_mapa/')}`", f"#{i}", m["mutant"], reason])
+    return _table(["module", "mutant", "change", "why it is equivalent"], rows)
 
 
 def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
@@ -267,11 +289,17 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         if (results_dir / file).exists():
             files.setdefault(file, load(file))
             out[name] = build(files[file])
-    mutation = {}
+    mutation, rechecks = {}, {}
     for path in sorted((results_dir / "mutation").glob("*.json")):
         mutation.update(json.loads(path.read_text()))
+    for path in sorted((results_dir / "mutation" / "rechecks").glob("*.json")):
+        for module, r in json.loads(path.read_text()).items():
+            rechecks.setdefault(module, set()).update(m["id"] for m in r["mutants"] if m["status"] != "survived")
     if mutation:
-        out["mutation"] = mutation_table(mutation)
+        eq_file = results_dir / "mutation_equivalents.json"
+        equivalents = json.loads(eq_file.read_text()) if eq_file.exists() else {}
+        out["mutation"] = mutation_table(mutation, rechecks, equivalents)
+        out["mutation_equivalents"] = mutation_equivalents_table(mutation, equivalents)
     if files:
         out["provenance"] = provenance_table(files)
     return out

@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out = os.path.abspath(args.out)  # before the chdir into the temporary copy
 
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
     work = tempfile.mkdtemp(prefix="mutants_")
     _prepare_copy(repo, work)
     os.chdir(work)
@@ -337,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = _run_all(module_name, chosen, path, tests, timeout, log, args.jobs,
                         lambda r: print(f"{path} #{r['id']} {r['mutant']}: {r['status']} ({r['seconds']} s)", flush=True))
         killed = sum(r["status"] != "survived" for r in rows)
-        results[path] = {"killed": killed, "total": len(rows), "baseline_seconds": round(base, 1), "mutants": rows}
+        results[path] = {"killed": killed, "total": len(rows), "baseline_seconds": round(base, 1), "commit": commit,
+                         "tests": tests, "mutants": rows}
         print(f"== {path}: {killed}/{len(rows)} killed", flush=True)
     out = args.out or os.path.join(work, "mutation_results.json")
     with open(out, "w") as f:
