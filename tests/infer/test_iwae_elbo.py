@@ -49,6 +49,14 @@ def poor_guide(x):
     return MeanFieldGuide(enc, x, 1)
 
 
+def x_dependent_guide(x):
+    """The poor guide with random encoder weights: it depends on x, so every weight gets a gradient."""
+    guide = poor_guide(x)
+    with torch.no_grad():
+        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    return guide
+
+
 def mean_and_se(elbo, model, guide, draws=400, batch_size=1):
     vals = torch.tensor(
         [-elbo.loss(model, guide, torch.randperm(N)[:batch_size]) for _ in range(draws)], dtype=torch.float64
@@ -112,9 +120,7 @@ def grads(elbo, model, guide, batch, seed):
 
 def test_dreg_gradients():
     model, x, exact = linear_gaussian()
-    guide = poor_guide(x)
-    with torch.no_grad():  # an encoder that depends on x, so every weight gets a gradient
-        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    guide = x_dependent_guide(x)
     batch = torch.arange(8)
     plain, dreg = TraceIWAE_ELBO(10), TraceIWAE_ELBO(10, dreg=True)
     dec_p, enc_p, dec_d, enc_d = [], [], [], []
@@ -189,9 +195,7 @@ def test_default_is_ten_particles():
 
 def test_differentiable_loss_is_the_loss_and_gives_its_gradients():
     model, x, _ = linear_gaussian()
-    guide = poor_guide(x)
-    with torch.no_grad():
-        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    guide = x_dependent_guide(x)
     batch = torch.arange(8)
     elbo = TraceIWAE_ELBO(5, max_plate_nesting=1)  # no nesting guess: each call draws the same way
     pyro.set_rng_seed(2)
@@ -260,9 +264,7 @@ def test_a_plate_nested_inside_the_data_plate_is_summed_per_point(num_particles,
 
 def test_dreg_counts_a_parameter_registered_twice_once_and_allows_unused_ones():
     model, x, _ = linear_gaussian()
-    guide = poor_guide(x)
-    with torch.no_grad():
-        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    guide = x_dependent_guide(x)
     batch = torch.arange(8)
     unused = nn.Linear(1, 1)
 
@@ -315,9 +317,8 @@ def test_dreg_gradient_equals_a_hand_written_dreg_estimator_on_the_same_draws():
     x = x.clone()
     x[30] += 20.0  # an outlier: every weight of this point is hundreds of nats below the other points'
     model = VAEModel(model.decoder, x, 1, NormalLikelihood(SIGMA))
-    guide = poor_guide(x)
+    guide = x_dependent_guide(x)
     with torch.no_grad():
-        guide.encoder.weight.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
         guide.encoder.bias[1] = 0.0  # a narrower guide: uneven weights, some far below their point's largest
     batch, p, seed = torch.tensor([0, 3, 4, 10, 30]), 6, 11
     elbo = TraceIWAE_ELBO(p, dreg=True, max_plate_nesting=1)
