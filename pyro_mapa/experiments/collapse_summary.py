@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ..diagnostics.collapse import collapse_diagnostics
+from ..errors import check_positive_int
 from ..evaluation.latent_posterior import GridMassError, exact_posterior, kl_to_posterior
 from ..models import EmpiricalizedModel, MeanFieldGuide
 from .learned_model import LearnedModel
@@ -33,10 +34,12 @@ def guide_posterior_kl(guide: MeanFieldGuide, learned: LearnedModel, x: Tensor, 
     """
     if learned.prior is not None:
         raise ValueError("guide_posterior_kl needs a model with the standard-normal prior the guide's z lives in")
-    post = exact_posterior(x, learned.decode, learned.likelihood, latent_dim=learned.latent_dim)
-    q = guide.distribution(x)
     if method not in ("auto", "grid", "monte_carlo"):
         raise ValueError(f"method must be 'auto', 'grid' or 'monte_carlo', got {method!r}")
+    if check_positive_int(num_samples, "num_samples") < 2:
+        raise ValueError(f"num_samples must be >= 2 for a standard error, got {num_samples}")
+    post = exact_posterior(x, learned.decode, learned.likelihood, latent_dim=learned.latent_dim)
+    q = guide.distribution(x)
     if method != "monte_carlo":
         try:
             return float(kl_to_posterior(q, post).mean()), 0.0

@@ -48,14 +48,15 @@ class TableRows(NamedTuple):
     log_probs: Tensor
 
 
-def _uniforms(given: Tensor | None, shape: tuple[int, int], generator, device, dtype, *, include_one: bool) -> Tensor:
-    """The caller's ``uniforms`` (checked and copied) or fresh ones: in ``(0, 1]`` if ``include_one`` else ``[0, 1)``."""
+def _uniforms(given: Tensor | None, shape: tuple[int, int], generator, device, dtype, *, include_one: bool,
+              writable: bool = False) -> Tensor:
+    """Checked caller ``uniforms`` (a copy if ``writable``) or fresh ones in ``(0, 1]`` / ``[0, 1)``."""
     if given is None:
         u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
         return 1.0 - u if include_one else u
     if given.shape != shape:
         raise ValueError(f"uniforms must have shape {shape}, got {tuple(given.shape)}")
-    return given.to(device=device, dtype=dtype).clone()
+    return given.to(device=device, dtype=dtype, copy=writable)
 
 
 class PosteriorTable:
@@ -392,7 +393,7 @@ class PosteriorTable:
         if min(s, width) == 0:
             return TableRows(rest.indices.new_empty((b, 0)), rest.log_probs.new_empty((b, 0)))
         device, dtype = rest.log_probs.device, rest.log_probs.dtype
-        u = _uniforms(uniforms, (b, width), generator, device, dtype, include_one=False)
+        u = _uniforms(uniforms, (b, width), generator, device, dtype, include_one=False, writable=True)
         idx, log_incl = sample_without_replacement(rest.indices, rest.log_probs, s, u)
         return TableRows(idx, log_incl)
 

@@ -191,3 +191,22 @@ def test_bernoulli_ties_broken_by_index_in_truncated_tables():
 def test_single_observation_is_refused():
     with pytest.raises(ValueError, match="at least 2 observations"):
         PosteriorTable.from_data(torch.zeros(1, 3), GaussianKernel(1.0))
+
+
+def test_given_uniforms_are_neither_modified_nor_ignored(data):
+    """Both samplers accept the caller's uniforms (e.g. counter-based ones) and leave them as they were."""
+    table = PosteriorTable.from_data(data, GaussianKernel(1.0))
+    rows = torch.arange(4)
+    width = table.support_size - 2
+    u = torch.rand(4, width, generator=torch.Generator().manual_seed(0))
+    u[0, 0] = 0.0  # torch.rand can return 0: the sampler clamps its copy in place, not the caller's tensor
+    before = u.clone()
+    a = table.sample_remainder_without_replacement(rows, 2, 3, uniforms=u)
+    assert torch.equal(u, before)
+    torch.testing.assert_close(table.sample_remainder_without_replacement(rows, 2, 3, uniforms=before).indices,
+                               a.indices)
+    w = 1.0 - torch.rand(4, 3, generator=torch.Generator().manual_seed(1))
+    w_before = w.clone()
+    b = table.sample_remainder(rows, 2, 3, uniforms=w)
+    assert torch.equal(w, w_before)
+    torch.testing.assert_close(table.sample_remainder(rows, 2, 3, uniforms=w_before).indices, b.indices)
