@@ -17,7 +17,15 @@ Tables (name: source):
   collapse             collapse diagnostics, every method        docs/results/collapse/raw_results.json
   mutation             mutation score per module                 docs/results/mutation/*.json (+ rechecks/)
   mutation_equivalents the survivors counted as equivalent, why  docs/results/mutation_equivalents.json
-  provenance           which commit, libraries, machine made each file
+  provenance           which commit, libraries, machine made each file (results and benchmarks)
+  checks               what `pyro-mapa reproduce --check` found per folder  docs/results/**/check*.json
+  regeneration         wall-clock time of each step of scripts/regenerate_all.sh  docs/results/regeneration_times.json
+  step_time            per-step time of the objectives, small nets  benchmarks/results/step_time.json
+  profile_small        where a small-network MAPA step goes         benchmarks/results/profile_small.json
+  big_equal, big_decoder  big networks: MAPA vs IWAE per step       benchmarks/results/big_networks.json
+  big_unmasked         the same without the negligible-weight mask  benchmarks/results/big_networks_unmasked.json
+  table_build          exact table build vs scikit-learn kNN        benchmarks/results/table_build.json
+  approx_neighbors     HNSW tables vs the exact one                 benchmarks/results/approx_neighbors.json
 
 Every method in the JSON gets its column or row, in the order the run wrote them, so a
 regenerated file with more methods (InfoVAE, HVAE, LIDVAE, LiBI, RenyiELBO, MAPA-free, ...)
@@ -35,6 +43,7 @@ Run:  python scripts/make_results_tables.py                      (print every ta
       python scripts/make_results_tables.py --table main digits  (print some)
       python scripts/make_results_tables.py --splice docs/results.md
       python scripts/make_results_tables.py --check docs/results.md   (exit 1 if a table is stale)
+      (the docs with marked tables: results.md, reliability.md, benchmarks.md, scaling.md)
 """
 
 from __future__ import annotations
@@ -196,6 +205,84 @@ def provenance_table(files: dict[str, dict[str, Any]]) -> str:
     return _table(["file", "commit", "date", "libraries", "machine", "threads"], rows)
 
 
+def _ratio(r: dict[str, Any], key: str) -> str:
+    """A median ratio with its range over repeats, from ``r[key]`` and ``r[key + "_range"]``."""
+    lo, hi = r[key + "_range"]
+    return f"{r[key]:.2f}" if lo == hi else f"{r[key]:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def step_time_table(st: dict[str, Any]) -> str:
+    """Median ms per SVI step and within-repeat ratios to the plain-PyTorch floor and to RenyiELBO."""
+    rows = [[r["objective"], f"{r['ms_per_step']:.2f}", f"{r['seconds_per_epoch']:.3f}",
+             _ratio(r, "vs_plain_mapa"), _ratio(r, "vs_renyi")] for r in st["rows"]]
+    return _table(["objective", "ms / step", "s / epoch (10 steps)", "vs plain-PyTorch MAPA (range)",
+                   "vs RenyiELBO (range)"], rows)
+
+
+def profile_table(pr: dict[str, Any]) -> str:
+    """Per-step CPU microseconds of the parts of a small-network step, and their ratio to the floor."""
+    rows = [[r["part"].strip(), r["validation"], f"{r['us']:.0f}", _ratio(r, "vs_floor")] for r in pr["rows"]]
+    return _table(["part", "validation", "CPU µs / step", "vs the floor (range)"], rows)
+
+
+def _median_range(m: dict[str, Any]) -> str:
+    lo, hi = m["range"]
+    return f"{m['median']:.2f}" if lo == hi else f"{m['median']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
+def big_networks_table(bn: dict[str, Any], label: str) -> str:
+    """Wall ms per step early and late, late/early and vs IWAE(10) (medians, ranges over repeats), rows/point."""
+    regime = next(r for r in bn["regimes"] if r["label"] == label)
+    rows = []
+    for r in regime["rows"]:
+        rp = r.get("passes_per_point_late")
+        rows.append([r["objective"], f"{r['wall_ms_early']:.1f}", f"{r['wall_ms_late']:.1f}",
+                     _median_range(r["wall_late_over_early"]), _median_range(r["wall_vs_iwae10_early"]),
+                     _median_range(r["wall_vs_iwae10_late"]), "" if rp is None else f"{rp[0]:.2f} + {rp[1]:.2f}"])
+    return _table(["objective", "ms / step, steps 1-10", "ms / step, late steps", "late / early (range)",
+                   "vs IWAE(10), early (range)", "vs IWAE(10), late (range)",
+                   "encoder + decoder rows / point (late)"], rows)
+
+
+def table_build_table(tb: dict[str, Any]) -> str:
+    rows = [[f"{r['n']:,}", f"{r['ours_s']:.2f}", f"{r['sklearn_s']:.2f}", f"{r['ours_s'] / r['sklearn_s']:.2f}",
+             f"{100 * r['rows_identical']:.3f} %".replace(".000 %", " %"), f"{r['peak_rss_mib_ours']:.0f}"]
+            for r in tb["rows"]]
+    return _table(["N", "ours: top-M + exact normalizer (s)", "scikit-learn brute kNN, neighbours only (s)",
+                   "ratio", "rows with identical top-M sets", "peak RSS (MiB)"], rows)
+
+
+def approx_neighbors_table(an: dict[str, Any]) -> str:
+    m = re.search(r"M=(\d+)", an.get("meta", {}).get("setting", ""))
+    rows = [[f"{r['n']:,}", f"{r['exact_s']:.1f}", f"{r['hnsw_exact_normalizer_s']:.1f}",
+             f"{r['hnsw_sampled_normalizer_s']:.1f}", f"{r['recall_at_m']:.3f}",
+             f"{r['sampled_log_normalizer_mean_abs_error']:.4f} / {r['sampled_log_normalizer_mean_reported_se']:.4f}"]
+            for r in an["rows"]]
+    return _table(["N", "exact table (s)", "HNSW + exact normalizer (s)", "HNSW + sampled normalizer (s)",
+                   f"recall@{m.group(1) if m else 'M'}", "sampled log Z: mean abs error / mean reported SE"], rows)
+
+
+def regeneration_table(times: dict[str, Any]) -> str:
+    """Each step of scripts/regenerate_all.sh: its command, the commit it ran, its wall-clock time; and the total."""
+    rows = [[step, f"`{t['command']}`", t["commit"][:10], f"{t['seconds']:,}", f"{t['seconds'] / 60:.1f}",
+             t["finished_utc"][:16].replace("T", " ")] for step, t in times.items()]
+    total = sum(t["seconds"] for t in times.values())
+    rows.append(["**total**", "", "", f"**{total:,}**", f"**{total / 60:.1f}**", ""])
+    return _table(["step", "command", "commit", "seconds", "minutes", "finished (UTC)"], rows)
+
+
+def checks_table(reports: dict[str, dict[str, Any]]) -> str:
+    """``pyro-mapa reproduce --check`` reports: which jobs were replayed, by which code, the largest difference."""
+    rows = []
+    for folder, c in reports.items():
+        rows.append([folder, f"{c['sample']} of {c['of']} (sample seed {c['seed']})", "; ".join(j["job"] for j in c["jobs"]),
+                     c["recorded"]["commit"][:10] + (" (dirty)" if c["recorded"]["dirty"] else ""),
+                     c["current"]["commit"][:10] + (" (dirty)" if c["current"]["dirty"] else ""),
+                     f"{c['largest_difference']:.3g}", ("PASS: " if c["passed"] else "FAIL: ") + c["verdict"]])
+    return _table(["report", "jobs replayed", "which", "recorded commit", "replayed by", "largest difference",
+                   "verdict"], rows)
+
+
 def options_table(raw: dict[str, Any]) -> str:
     """The setting each (data set, method) chose on validation log-likelihood, with the restart."""
     rows = []
@@ -266,9 +353,10 @@ def mutation_equivalents_table(runs: dict[str, Any], equivalents: dict[str, dict
 
 
 def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
-                bold_among: Sequence[str] = BOLD_AMONG) -> dict[str, str]:
-    """Every table whose JSON file exists in ``results_dir``, by name."""
-    results_dir = Path(results_dir)
+                bold_among: Sequence[str] = BOLD_AMONG,
+                benchmarks_dir: str | Path = ROOT / "benchmarks" / "results") -> dict[str, str]:
+    """Every table whose JSON file exists in ``results_dir`` or ``benchmarks_dir``, by name."""
+    results_dir, benchmarks_dir = Path(results_dir), Path(benchmarks_dir)
     load = lambda name: json.loads((results_dir / name).read_text())  # noqa: E731
     builders: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
         "main": ("paper_reproduction.json", lambda d: main_table(d, bold_among)),
@@ -281,16 +369,35 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         "seed_main": ("seed_methods/paper_reproduction.json", lambda d: main_table(d, ())),
         "seed_passes": ("seed_methods/paper_reproduction.json", passes_table),
         "seed_options": ("seed_methods/raw_results.json", options_table),
-        "current_main": ("reproduction_current/paper_reproduction.json", lambda d: main_table(d, bold_among)),
         "free_codes": ("free_codes/paper_reproduction.json", lambda d: main_table(d, ("MAPA", "MAPA-free"))),
         "free_passes": ("free_codes/paper_reproduction.json", passes_table),
         "collapse": ("collapse/raw_results.json", collapse_table),
+    }
+    bench_builders: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
+        "step_time": ("step_time.json", step_time_table),
+        "profile_small": ("profile_small.json", profile_table),
+        "big_equal": ("big_networks.json", lambda d: big_networks_table(d, "equal")),
+        "big_decoder": ("big_networks.json", lambda d: big_networks_table(d, "big decoder")),
+        "big_unmasked": ("big_networks_unmasked.json", lambda d: big_networks_table(d, "equal")),
+        "table_build": ("table_build.json", table_build_table),
+        "approx_neighbors": ("approx_neighbors.json", approx_neighbors_table),
     }
     out, files = {}, {}
     for name, (file, build) in builders.items():
         if (results_dir / file).exists():
             files.setdefault(file, load(file))
             out[name] = build(files[file])
+    bench_files: dict[str, dict[str, Any]] = {}
+    for name, (file, build) in bench_builders.items():
+        if (benchmarks_dir / file).exists():
+            bench_files.setdefault(file, json.loads((benchmarks_dir / file).read_text()))
+            out[name] = build(bench_files[file])
+    checks = {str(p.relative_to(results_dir.parent.parent)): json.loads(p.read_text())
+              for p in sorted(results_dir.rglob("check*.json"))}
+    if checks:
+        out["checks"] = checks_table(checks)
+    if (results_dir / "regeneration_times.json").exists():
+        out["regeneration"] = regeneration_table(load("regeneration_times.json"))
     mutation, rechecks = {}, {}
     for path in sorted((results_dir / "mutation").glob("*.json")):
         mutation.update(json.loads(path.read_text()))
@@ -302,8 +409,8 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         equivalents = json.loads(eq_file.read_text()) if eq_file.exists() else {}
         out["mutation"] = mutation_table(mutation, rechecks, equivalents)
         out["mutation_equivalents"] = mutation_equivalents_table(mutation, equivalents)
-    if files:
-        out["provenance"] = provenance_table(files)
+    if files or bench_files:
+        out["provenance"] = provenance_table({**files, **{f"benchmarks/{k}": v for k, v in bench_files.items()}})
     return out
 
 
@@ -326,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "results",
                         help="folder of the JSON files")
+    parser.add_argument("--benchmarks", type=Path, default=ROOT / "benchmarks" / "results",
+                        help="folder of the benchmarks' JSON files")
     parser.add_argument("--table", nargs="+", default=None, help="print only these tables")
     parser.add_argument("--bold-among", nargs="+", default=list(BOLD_AMONG),
                         help="methods the main table's bold (lowest KL) is chosen among")
@@ -334,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", type=Path, default=None,
                         help="exit 1 if this file's marked tables are stale")
     args = parser.parse_args(argv)
-    tables = make_tables(args.results, args.bold_among)
+    tables = make_tables(args.results, args.bold_among, args.benchmarks)
     for path in (args.splice, args.check):
         if path is None:
             continue
