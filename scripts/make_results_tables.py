@@ -265,7 +265,8 @@ def approx_neighbors_table(an: dict[str, Any]) -> str:
 def regeneration_table(times: dict[str, Any]) -> str:
     """Each step of scripts/regenerate_all.sh: its command, the commit it ran, its wall-clock time; and the total."""
     rows = [[step, f"`{t['command']}`", t["commit"][:10], f"{t['seconds']:,}", f"{t['seconds'] / 60:.1f}",
-             t["finished_utc"][:16].replace("T", " ")] for step, t in times.items()]
+             t["finished_utc"][:16].replace("T", " ")]
+            for step, t in sorted(times.items(), key=lambda item: item[1]["finished_utc"])]
     total = sum(t["seconds"] for t in times.values())
     rows.append(["**total**", "", "", f"**{total:,}**", f"**{total / 60:.1f}**", ""])
     return _table(["step", "command", "commit", "seconds", "minutes", "finished (UTC)"], rows)
