@@ -2,8 +2,9 @@
 
 Every results JSON written by ``pyro-mapa reproduce`` and by the scripts under
 ``experiments/`` and ``benchmarks/`` carries a ``"provenance"`` entry made by
-:func:`provenance`: the package version and git commit (with whether the tree was dirty
-and a hash of the uncommitted changes), the library versions, the Python version, the
+:func:`provenance`: the package version and git commit (with whether the code was dirty
+and a hash of the uncommitted changes; docs and results under :data:`RESULT_PATHS` do not
+count), the library versions, the Python version, the
 machine (CPU model and the SIMD level torch dispatches to), the thread settings, the
 number of worker processes, the full settings, the date (UTC) and the command line.
 
@@ -34,6 +35,7 @@ from typing import Any, Mapping, Sequence
 __all__ = [
     "CHECK_TOLERANCE",
     "PROVENANCE_SCHEMA",
+    "RESULT_PATHS",
     "VOLATILE_KEYS",
     "check_reproduction",
     "environment_differences",
@@ -88,6 +90,11 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+#: Paths (relative to the repository root) whose changes do not make the code "dirty": the docs
+#: and the committed results that ``scripts/regenerate_all.sh`` rewrites.
+RESULT_PATHS = ("docs", "benchmarks/results")
+
+
 def _git(root: Path, *args: str) -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=20, check=True)
@@ -103,11 +110,16 @@ def git_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     from a git work tree (e.g. installed from a wheel); an enclosing repository that does
     not hold this package's sources is not mistaken for it.
 
+    Only code counts: files under :data:`RESULT_PATHS` (the documentation and the committed
+    results, which a regeneration pass rewrites step by step) are left out of the comparison, so
+    the second step of a pass is not labelled dirty by the first step's output.
+
     Returns:
-        ``commit`` (40 hex digits), ``dirty`` (tracked files differ from the commit, or
-        untracked files exist inside the package), ``changes_sha256`` (SHA-256 of
-        ``git diff HEAD`` and of the untracked package files: two dirty trees with equal
-        hashes hold the same code; ``None`` when clean) and ``untracked_package_files``.
+        ``commit`` (40 hex digits), ``dirty`` (tracked files outside :data:`RESULT_PATHS`
+        differ from the commit, or untracked files exist inside the package),
+        ``changes_sha256`` (SHA-256 of that ``git diff HEAD`` and of the untracked package
+        files: two dirty trees with equal hashes hold the same code; ``None`` when clean)
+        and ``untracked_package_files``.
     """
     pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
     empty = {"commit": None, "dirty": None, "changes_sha256": None, "untracked_package_files": None}
@@ -120,7 +132,7 @@ def git_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     if not (_git(root, "ls-files", "--", str(pkg / "__init__.py")) or "").strip():
         return empty  # the enclosing repository does not track this package
     commit = (_git(root, "rev-parse", "HEAD") or "").strip() or None
-    diff = _git(root, "diff", "HEAD", "--binary") or ""
+    diff = _git(root, "diff", "HEAD", "--binary", "--", ".", *(f":(exclude){p}" for p in RESULT_PATHS)) or ""
     listing = _git(root, "ls-files", "--others", "--exclude-standard", "--", str(pkg)) or ""
     untracked = sorted(line for line in listing.splitlines() if line.strip())
     dirty = bool(diff) or bool(untracked)

@@ -131,6 +131,38 @@ def test_git_state_without_git(tmp_path, monkeypatch):
     assert provenance()["git"]["commit"] is None
 
 
+def test_git_state_counts_code_not_regenerated_results(tmp_path):
+    """A regeneration pass rewrites tracked results files step by step: they do not make the code dirty;
+    a changed source file, or an untracked file in the package, does."""
+    import shutil
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    if shutil.which("git") is None:
+        pytest.fail("git is needed to test git_state")
+    pkg = tmp_path / "pkg"
+    for path in (pkg / "__init__.py", pkg / "core.py", tmp_path / "docs" / "results" / "a.json",
+                 tmp_path / "benchmarks" / "results" / "b.json", tmp_path / "scripts" / "run.py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("0\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_state(pkg)
+    assert clean["commit"] and clean["dirty"] is False and clean["changes_sha256"] is None
+    (tmp_path / "docs" / "results" / "a.json").write_text("1\n")
+    (tmp_path / "benchmarks" / "results" / "b.json").write_text("1\n")
+    (tmp_path / "docs" / "results" / "new.json").write_text("1\n")
+    assert git_state(pkg)["dirty"] is False
+    (tmp_path / "scripts" / "run.py").write_text("1\n")  # code outside the package counts
+    first = git_state(pkg)
+    assert first["dirty"] is True and first["changes_sha256"]
+    (tmp_path / "scripts" / "run.py").write_text("0\n")
+    (pkg / "extra.py").write_text("")
+    assert git_state(pkg)["dirty"] is True and git_state(pkg)["untracked_package_files"] == 1
+
+
 def test_job_seed_is_a_fixed_function_of_the_job():
     assert job_seed("circle", 0, "MAPA", 0) == 596493417  # changing the scheme changes every result
     seeds = {job_seed(d, draw, m, r) for d in ("circle", "figure8") for draw in (0, 1) for m in ("VAE", "MAPA")
