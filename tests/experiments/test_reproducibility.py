@@ -327,6 +327,7 @@ def test_tables_take_new_methods_from_the_json(tmp_path):
         entry["InfoVAE"] = {**entry["VAE"], "test_kl_mean": 0.001, "test_kl_se": 0.0005}
     dig = json.loads((src / "digits.json").read_text())
     dig["rows"].append({**dig["rows"][0], "method": "HVAE", "test_ll_quadrature": 0.0})
+    dig.pop("provenance", None)  # as a file written before provenance was recorded
     (tmp_path / "paper_reproduction.json").write_text(json.dumps(rep))
     (tmp_path / "digits.json").write_text(json.dumps(dig))
     made = tables.make_tables(tmp_path)
@@ -341,6 +342,8 @@ def test_tables_take_new_methods_from_the_json(tmp_path):
     r0 = dig["rows"][0]
     assert (f"| {r0['data']} | {r0['latent_dim']} | HVAE | {r0['test_ll_is']:.2f} ± {r0['test_ll_is_se']:.2f} | "
             f"{r0['mc_stderr_mean']:.3f} | **0.00** |") in made["digits"]
-    assert "highdim" not in made and "not recorded" in made["provenance"]
+    assert "highdim" not in made and "| digits.json | not recorded |" in made["provenance"]
+    commit = rep["provenance"]["git"]["commit"][:10]
+    assert f"| paper_reproduction.json | {commit}" in made["provenance"]
     with_info = tables.make_tables(tmp_path, bold_among=("VAE", "InfoVAE"))
     assert "**0.001 ± 0.001**" in with_info["main"]
