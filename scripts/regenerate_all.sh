@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every committed result with the current code, in one pass, then the docs' tables.
 #
-#   bash scripts/regenerate_all.sh            # everything (several hours on a 2-core machine)
+#   bash scripts/regenerate_all.sh            # everything (116 min on the 2-core dev VM: docs/results/regeneration_times.json)
 #   STEPS="digits highdim" bash scripts/regenerate_all.sh    # only the named steps
 #
 # Run it on a quiet machine from a clean, committed tree (each JSON records the commit and
