@@ -11,7 +11,6 @@ Tables (name: source):
   seed_main            test KL of the seed methods               docs/results/seed_methods/paper_reproduction.json
   seed_passes          their passes and seconds per epoch        docs/results/seed_methods/paper_reproduction.json
   seed_options         InfoVAE / HVAE settings chosen            docs/results/seed_methods/raw_results.json
-  current_main         the main table rerun by the current code   docs/results/reproduction_current/paper_reproduction.json
   free_codes           MAPA vs MAPA with free codes, test KL     docs/results/free_codes/paper_reproduction.json
   free_passes          their passes and seconds per epoch        docs/results/free_codes/paper_reproduction.json
   collapse             collapse diagnostics, every method        docs/results/collapse/raw_results.json

@@ -347,3 +347,32 @@ def test_tables_take_new_methods_from_the_json(tmp_path):
     assert f"| paper_reproduction.json | {commit}" in made["provenance"]
     with_info = tables.make_tables(tmp_path, bold_among=("VAE", "InfoVAE"))
     assert "**0.001 ± 0.001**" in with_info["main"]
+
+
+def test_benchmark_regeneration_and_check_tables_from_their_json():
+    """The benchmark, regeneration and check tables print the JSON's numbers in the right columns."""
+    tables = _tables_module()
+    step = {"objective": "X", "ms_per_step": 3.026, "seconds_per_epoch": 0.0303, "vs_plain_mapa": 1.65,
+            "vs_plain_mapa_range": [1.45, 1.94], "vs_renyi": 1.0, "vs_renyi_range": [1.0, 1.0]}
+    assert tables.step_time_table({"rows": [step]}).splitlines()[2] == "| X | 3.03 | 0.030 | 1.65 (1.45-1.94) | 1.00 |"
+    ratio = {"median": 0.954, "range": [0.93, 1.09]}
+    row = {"objective": "M", "wall_ms_early": 61.83, "wall_ms_late": 67.12, "wall_late_over_early": ratio,
+           "wall_vs_iwae10_early": {"median": 1.0, "range": [1.0, 1.0]}, "wall_vs_iwae10_late": ratio,
+           "passes_per_point_late": [5.65, 5.64]}
+    big = {"regimes": [{"label": "other", "rows": []}, {"label": "equal", "rows": [row, {**row, "objective": "I",
+                                                                                      "passes_per_point_late": None}]}]}
+    lines = tables.big_networks_table(big, "equal").splitlines()
+    assert lines[2] == "| M | 61.8 | 67.1 | 0.95 (0.93-1.09) | 1.00 | 0.95 (0.93-1.09) | 5.65 + 5.64 |"
+    assert lines[3].endswith("| 0.95 (0.93-1.09) | |") and len(lines) == 4
+    times = {"a": {"seconds": 30, "commit": "c" * 40, "command": "x", "finished_utc": "2026-01-01T10:02:00+00:00"},
+             "b": {"seconds": 90, "commit": "c" * 40, "command": "y", "finished_utc": "2026-01-01T10:00:00+00:00"}}
+    regen = tables.regeneration_table(times).splitlines()
+    assert regen[2] == "| b | `y` | cccccccccc | 90 | 1.5 | 2026-01-01 10:00 |"  # run order, not name order
+    assert regen[3] == "| a | `x` | cccccccccc | 30 | 0.5 | 2026-01-01 10:02 |"
+    assert regen[4] == "| **total** | | | **120** | **2.0** | |"
+    report = {"sample": 1, "of": 9, "seed": 4, "jobs": [{"job": "circle draw 0 VAE (main)"}],
+              "recorded": {"commit": "a" * 40, "dirty": True}, "current": {"commit": "b" * 40, "dirty": False},
+              "largest_difference": 0.0007, "passed": False, "verdict": "differ"}
+    assert tables.checks_table({"r/check.json": report}).splitlines()[2] == (
+        "| r/check.json | 1 of 9 (sample seed 4) | circle draw 0 VAE (main) | aaaaaaaaaa (dirty) | bbbbbbbbbb | "
+        "0.0007 | FAIL: differ |")
