@@ -204,10 +204,15 @@ def provenance_table(files: dict[str, dict[str, Any]]) -> str:
     return _table(["file", "commit", "date", "libraries", "machine", "threads"], rows)
 
 
+def _median_range(m: dict[str, Any]) -> str:
+    """``median (lo-hi)`` to two decimals; the median alone when the range is a point."""
+    lo, hi = m["range"]
+    return f"{m['median']:.2f}" if lo == hi else f"{m['median']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
 def _ratio(r: dict[str, Any], key: str) -> str:
     """A median ratio with its range over repeats, from ``r[key]`` and ``r[key + "_range"]``."""
-    lo, hi = r[key + "_range"]
-    return f"{r[key]:.2f}" if lo == hi else f"{r[key]:.2f} ({lo:.2f}-{hi:.2f})"
+    return _median_range({"median": r[key], "range": r[key + "_range"]})
 
 
 def step_time_table(st: dict[str, Any]) -> str:
@@ -222,11 +227,6 @@ def profile_table(pr: dict[str, Any]) -> str:
     """Per-step CPU microseconds of the parts of a small-network step, and their ratio to the floor."""
     rows = [[r["part"].strip(), r["validation"], f"{r['us']:.0f}", _ratio(r, "vs_floor")] for r in pr["rows"]]
     return _table(["part", "validation", "CPU µs / step", "vs the floor (range)"], rows)
-
-
-def _median_range(m: dict[str, Any]) -> str:
-    lo, hi = m["range"]
-    return f"{m['median']:.2f}" if lo == hi else f"{m['median']:.2f} ({lo:.2f}-{hi:.2f})"
 
 
 def big_networks_table(bn: dict[str, Any], label: str) -> str:

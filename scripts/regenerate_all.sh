@@ -5,14 +5,15 @@
 #   STEPS="digits highdim" bash scripts/regenerate_all.sh    # only the named steps
 #
 # Run it on a quiet machine from a clean, committed tree (each JSON records the commit and
-# whether the tree was dirty). Each step's wall-clock time goes to docs/results/regeneration_times.json,
-# then the tables of docs/results.md are spliced from the new JSON and checked, and a sample of
-# the reproduction's jobs is replayed with `pyro-mapa reproduce --check`.
+# whether the code was dirty). Each step's wall-clock time goes to docs/results/regeneration_times.json,
+# then the tables of docs/{results,benchmarks,scaling,reliability}.md are spliced from the new JSON
+# and checked, and a sample of each folder's jobs is replayed with `pyro-mapa reproduce --check`.
+# `python scripts/compare_results.py REV:FILE FILE` compares a regenerated file with the old one.
 # Steps (in order): reproduce free_codes collapse digits_highdim seed_methods benchmarks
 # benchmarks_extra tables check (`digits` and `highdim` also run alone).
 # `digits_highdim` runs the two single-threaded experiments side by side (one core each; their
 # numbers do not depend on it, only their wall-clock fields do). SEED_DRAWS sets the seed methods'
-# draws (default 1, as the committed seed_methods results; 3 takes about 1.5 h more).
+# draws (default 1, as the committed seed_methods results: about 20 min per draw here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${STEPS:-"reproduce free_codes collapse digits_highdim seed_methods benchmarks benchmarks_extra tables check"}

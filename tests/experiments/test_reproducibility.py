@@ -376,3 +376,28 @@ def test_benchmark_regeneration_and_check_tables_from_their_json():
     assert tables.checks_table({"r/check.json": report}).splitlines()[2] == (
         "| r/check.json | 1 of 9 (sample seed 4) | circle draw 0 VAE (main) | aaaaaaaaaa (dirty) | bbbbbbbbbb | "
         "0.0007 | FAIL: differ |")
+
+
+def test_compare_results_script(tmp_path, capsys):
+    """scripts/compare_results.py: identical numbers pass, a changed number fails at tolerance 0, timings
+    are skipped, and a file is read from git history as REV:PATH."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "compare_results.py"
+    spec = importlib.util.spec_from_file_location("compare_results", path)
+    cmp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cmp)
+    old = {"results": [{"test_kl": 0.25, "seconds_per_epoch": 0.1}], "provenance": {"git": {"commit": "a"}}}
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(old))
+    b.write_text(json.dumps({**old, "results": [{"test_kl": 0.25, "seconds_per_epoch": 9.0, "new": 1.0}]}))
+    assert cmp.main([str(a), str(b)]) == 0
+    assert "largest difference 0" in capsys.readouterr().out
+    b.write_text(json.dumps({**old, "results": [{"test_kl": 0.2504}]}))
+    assert cmp.main([str(a), str(b)]) == 1
+    assert "results[].test_kl" in capsys.readouterr().out
+    assert cmp.main([str(a), str(b), "--tolerance", "5e-4"]) == 0
+    root = path.parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root)
+    if head.returncode == 0:  # a source checkout: REV:PATH reads the committed file
+        assert set(cmp.load("HEAD:docs/results/paper_reproduction.json")) >= {"datasets", "provenance"}
+    with pytest.raises(SystemExit, match="cannot read"):
+        cmp.load("no-such-revision:docs/results/paper_reproduction.json")
