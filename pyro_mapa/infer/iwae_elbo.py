@@ -5,18 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
+from pyro import poutine
 from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, check_count
-from ._pyro_compat import (
-    VECTORIZED_PARTICLE_PLATE,
-    QuietNestingGuess,
-    detach_distribution,
-    get_importance_trace,
-    get_traces,
-)
-from ._tracing import plate_frame, reduce_to_particle_point, same_scale, scalar_scale, site_log_prob
+from ._importance_sites import ImportanceTerms, ShareGlobals, detect_data_plate, importance_terms
+from ._pyro_compat import QuietNestingGuess, get_importance_trace, get_traces
 
 __all__ = ["TraceIWAE_ELBO", "drop_negligible", "negligible_log_ratio"]
 
@@ -55,27 +50,48 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
     """The IWAE bound with ``P`` importance samples per data point, a lower bound under minibatching.
 
     .. math::
-        L = \\frac{N}{|B|} \\sum_{n \\in B} \\log \\frac1P \\sum_{p=1}^P
-            \\frac{p_\\theta(x_n, z_{n,p})}{q_\\phi(z_{n,p} \\mid x_n)},
-        \\qquad z_{n,p} \\sim q_\\phi(\\cdot \\mid x_n).
+        L = \\log\\frac{p(g)}{q(g)} + \\frac{N}{|B|} \\sum_{n \\in B} \\log \\frac1P \\sum_{p=1}^P
+            \\frac{p_\\theta(x_n, z_{n,p} \\mid g)}{q_\\phi(z_{n,p} \\mid x_n, g)},
+        \\qquad g \\sim q_\\phi(g),\\ z_{n,p} \\sim q_\\phi(\\cdot \\mid x_n, g).
 
-    The subsample scale multiplies each point's log-mean-exp, outside it. Pyro's
-    ``RenyiELBO(alpha=0)`` instead puts the scale inside one joint logsumexp over
-    the minibatch, so its subsampled estimate can exceed :math:`\\log p(X)`
-    (pyro-ppl issues #2220, #3104; ``tests/test_iwae_elbo.py`` shows it).
+    The sites are split by the *data plate* (``plate=``, or the outermost plate of the guide's
+    latent sites; a ``ValueError`` asks for ``plate=`` when latent sites sit in different
+    outermost plates):
 
-    All latent sites must be local (inside the data plate) and reparameterizable.
-    Observed sites outside the data plate are counted once.
+    - **local** latent sites (inside the data plate) get ``P`` particles per point; every other
+      plate around them is summed within the point, and the data plate's subsample scale
+      multiplies each point's log-mean-exp, outside it. Pyro's ``RenyiELBO(alpha=0)`` puts the
+      scale inside one joint logsumexp instead, so its subsampled estimate can exceed
+      :math:`\\log p(X)` (pyro-ppl issues #2220, #3104; ``tests/infer/test_iwae_elbo.py``).
+    - **global** latent sites ``g`` (outside the data plate) are drawn **once per step** from the
+      guide and shared by all particles; their ``log p - log q`` is counted once. Each point's
+      log-mean-exp is then a bound on :math:`\\log p(x_n \\mid g)` and, by Jensen,
+      :math:`E_{q(g)}[\\log p(g)/q(g) + \\sum_n \\log p(x_n \\mid g)] \\le \\log p(X)`: a lower bound.
+      Drawing ``g`` per particle instead would not be one (the points' particles would not
+      share a ``g``).
+    - observed sites outside the data plate are counted once (they should depend on globals
+      only).
+    - with **no data plate** (no latent site inside any plate) the bound is the ordinary IWAE
+      over the whole trace: the log-mean-exp over particles of the total ``log p - log q``
+      (with ``P > 1`` no site may then be in a subsampled plate: that estimate is not a bound).
+      A model without latent sites gets exactly ``log p(x)``.
+
+    The data plate may be a Python-loop plate (``for i in pyro.plate(...)``): each iteration
+    is then one point, as Pyro declares the iterations conditionally independent. With one
+    particle the value is ``Trace_ELBO``'s on the same draws. All latent sites must be
+    reparameterizable (use ``Trace_ELBO``/``TraceGraph_ELBO`` otherwise). With ``P > 1`` a
+    point may contain no other subsampled plate (that estimate is not a bound either).
 
     Arguments:
         num_particles: ``P >= 1``; ``P = 1`` is the standard ELBO.
-        plate: Name of the data plate (default: the outermost plate shared by every
-            latent site).
-        dreg: Use the doubly-reparameterized gradient for the guide's parameters
-            (in :meth:`loss_and_grads`): lower variance, and its signal-to-noise ratio
-            does not vanish as ``P`` grows. Model parameters get the usual IWAE
-            gradient. :meth:`differentiable_loss` always gives the plain gradient.
-        max_plate_nesting: As in Pyro (guessed when infinite).
+        plate: Name of the data plate (default: the outermost plate of the guide's latent sites,
+            found on the first call and checked on every call).
+        dreg: Use the doubly-reparameterized gradient for the guide's parameters of local sites
+            (in :meth:`loss_and_grads`): lower variance, and its signal-to-noise ratio does not
+            vanish as ``P`` grows. Model parameters, and guide parameters that a global site's
+            value or term depends on, get the usual IWAE gradient. :meth:`differentiable_loss`
+            always gives the plain gradient.
+        max_plate_nesting: As in Pyro (guessed when infinite, without consuming random numbers).
 
     References:
         | Importance Weighted Autoencoders (Burda, Grosse and Salakhutdinov, 2016)
@@ -93,11 +109,14 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
         max_plate_nesting: float = float("inf"),
         retain_graph: bool | None = None,
     ) -> None:
+        if isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
         num_particles = check_count(num_particles, "num_particles")
-        if num_particles < 1:
-            raise ValueError("num_particles must be >= 1")
+        if plate is not None and not isinstance(plate, str):
+            raise TypeError(f"plate must be the name of the data plate (a str) or None, got {type(plate).__name__}")
         self.plate = plate
         self.dreg = bool(dreg)
+        self._detected: str | None | object = _UNKNOWN
         super().__init__(
             num_particles=num_particles,
             max_plate_nesting=max_plate_nesting,
@@ -105,92 +124,56 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
             retain_graph=retain_graph,
         )
 
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs) -> None:
+        with _rng_unchanged():  # the guess runs model and guide: keep the draws of the step itself
+            super()._guess_max_plate_nesting(model, guide, args, kwargs)
+
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
-    def _data_plate(self, guide_trace) -> str:
-        if self.plate is not None:
-            return self.plate
-        stacks = [
-            [f.name for f in reversed(site["cond_indep_stack"]) if f.name != VECTORIZED_PARTICLE_PLATE]
-            for site in guide_trace.nodes.values()
-            if site["type"] == "sample"
-        ]
-        common = [name for name in (stacks[0] if stacks else []) if all(name in s for s in stacks)]
-        if not common:
-            raise ValueError(
-                "could not find a data plate shared by every latent site; pass "
-                "TraceIWAE_ELBO(plate=<name of the data plate>)"
-            )
-        return common[0]
+    def _traces(self, model, guide, args, kwargs):
+        """``(plate, model_trace, guide_trace)``: globals drawn once when there is a data plate."""
+        plate = self.plate
+        if plate is None:
+            if self._detected is _UNKNOWN:
+                with _rng_unchanged(), poutine.block():
+                    self._detected = detect_data_plate(poutine.trace(guide).get_trace(*args, **kwargs))
+            plate = self._detected
+        for _ in range(3):
+            run_guide = guide if plate is None else _sharing_globals(guide, plate)
+            model_trace, guide_trace = next(get_traces(self, model, run_guide, args, kwargs))
+            found = plate if self.plate is not None else detect_data_plate(guide_trace)
+            if found == plate:
+                return plate, model_trace, guide_trace
+            plate = self._detected = found  # the structure changed since the last call: once more
+        raise ValueError(
+            f"the guide's data plate changes from call to call ({plate!r} last); pass TraceIWAE_ELBO(plate=...)"
+        )
 
     def _log_weights(self, model, guide, args, kwargs, detach_guide_params: bool = False):
-        """Per-point log-weights ``(P, B)``, the plate scale, globals, and the traces."""
-        (model_trace, guide_trace) = next(get_traces(self, model, guide, args, kwargs))
-        plate = self._data_plate(guide_trace)
+        """Per-point log-weights ``(P, B)`` (or ``None``), the scale, globals, and the traces."""
+        plate, model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         p = self.num_particles
         particle_dim = -self.max_plate_nesting if p > 1 else -(self.max_plate_nesting + 1)
-        log_w = None
-        log_w_dq = None
-        global_lp = 0.0
-        plate_scale = None
-        for name, site in model_trace.nodes.items():
-            if site["type"] != "sample":
-                continue
-            frame = plate_frame(site, plate)
-            lp = site_log_prob(site)
-            if frame is None:
-                if not site["is_observed"]:
-                    raise ValueError(
-                        f"latent site {name!r} is outside the data plate {plate!r}; TraceIWAE_ELBO "
-                        "needs every latent site to be local to a data point"
-                    )
-                global_lp = global_lp + scalar_scale(site) * reduce_to_particle_point(
-                    lp, particle_dim, None, (p,)
-                ).mean()
-                continue
-            batch = frame.size
-            scale = scalar_scale(site)
-            if plate_scale is None:
-                plate_scale = scale
-            elif not same_scale(scale, plate_scale):
-                raise ValueError(f"all sites in plate {plate!r} must share one scale (site {name!r} differs)")
-            term = reduce_to_particle_point(lp, particle_dim, frame.dim, (p, batch))
-            term_dq = term
-            if not site["is_observed"]:
-                g_site = guide_trace.nodes[name]
-                if not g_site["fn"].has_rsample:
-                    raise ValueError(
-                        f"guide site {name!r} is not reparameterizable; TraceIWAE_ELBO needs "
-                        "reparameterized guide sites (for discrete latents use RenyiELBO or enumeration)"
-                    )
-                q = reduce_to_particle_point(site_log_prob(g_site), particle_dim, frame.dim, (p, batch))
-                term = term - q
-                if detach_guide_params:
-                    q_sg = detach_distribution(g_site["fn"]).log_prob(g_site["value"])
-                    q_sg = reduce_to_particle_point(
-                        q_sg, particle_dim, frame.dim, (p, batch)
-                    )
-                    term_dq = term_dq - q_sg
-            log_w = term if log_w is None else log_w + term
-            log_w_dq = term_dq if log_w_dq is None else log_w_dq + term_dq
-        if log_w is None:
-            raise ValueError(f"the model has no sample site inside plate {plate!r}")
-        scale = 1.0 if plate_scale is None else plate_scale
-        return log_w, log_w_dq, scale, global_lp, model_trace, guide_trace
+        terms = importance_terms(model_trace, guide_trace, plate, p, particle_dim, detach_guide_params)
+        return terms, model_trace, guide_trace
 
-    def _estimate_from(self, log_w: Tensor, scale, global_lp) -> Tensor:
+    def _estimate_from(self, terms: ImportanceTerms) -> Tensor:
         # Weights below eps² of a point's largest are dropped: same bound to the dtype's
         # precision, and no subnormal weight reaches the backward matrix products.
-        per_point = torch.logsumexp(drop_negligible(log_w), dim=0) - math.log(self.num_particles)
-        return scale * per_point.sum() + global_lp
+        total = torch.as_tensor(terms.global_lp)
+        if terms.log_w is None:
+            return total
+        per_point = torch.logsumexp(drop_negligible(terms.log_w), dim=0) - math.log(self.num_particles)
+        return terms.scale * per_point.sum() + total
 
     @staticmethod
-    def _raise_non_finite(value: float, log_w: Tensor) -> None:
-        detail = "log-weights are non-finite" if not bool(torch.isfinite(log_w).all()) else "globals are non-finite"
+    def _raise_non_finite(value: float, log_w: Tensor | None) -> None:
+        bad_w = log_w is not None and not bool(torch.isfinite(log_w).all())
+        detail = "log-weights are non-finite" if bad_w else "globals are non-finite"
         raise NonFiniteLossError(f"the IWAE loss is {value}; {detail}")
 
-    def _checked_value(self, loss: Tensor, log_w: Tensor) -> float:
+    def _checked_value(self, loss: Tensor, log_w: Tensor | None) -> float:
         """``float(loss)``, raising :class:`NonFiniteLossError` if it is not finite: one host sync."""
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -202,42 +185,67 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
 
         Checks that the loss is finite, which reads it on the host (one sync).
         """
-        log_w, _, scale, global_lp, _, _ = self._log_weights(model, guide, args, kwargs)
-        loss = -self._estimate_from(log_w, scale, global_lp)
-        self._checked_value(loss, log_w)
+        terms, _, _ = self._log_weights(model, guide, args, kwargs)
+        loss = -self._estimate_from(terms)
+        self._checked_value(loss, terms.log_w)
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            log_w, _, scale, global_lp, _, _ = self._log_weights(model, guide, args, kwargs)
-            return self._checked_value(-self._estimate_from(log_w, scale, global_lp), log_w)
+            terms, _, _ = self._log_weights(model, guide, args, kwargs)
+            return self._checked_value(-self._estimate_from(terms), terms.log_w)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Minus the bound as a float (the step's one host sync, also its finiteness check); gradients accumulated."""
-        if not self.dreg:
-            log_w, _, scale, global_lp, _, _ = self._log_weights(model, guide, args, kwargs)
-            loss = -self._estimate_from(log_w, scale, global_lp)
-            value = self._checked_value(loss, log_w)
+        terms, model_trace, guide_trace = self._log_weights(model, guide, args, kwargs, detach_guide_params=self.dreg)
+        loss = -self._estimate_from(terms)
+        value = self._checked_value(loss, terms.log_w)
+        if not self.dreg or terms.log_w is None:
             if loss.requires_grad:
                 loss.backward(retain_graph=self.retain_graph)
             return value
-        log_w, log_w_dq, scale, global_lp, model_trace, guide_trace = self._log_weights(
-            model, guide, args, kwargs, detach_guide_params=True
-        )
-        loss = -self._estimate_from(log_w, scale, global_lp)
-        value = self._checked_value(loss, log_w)
         guide_params = _params(guide_trace)
-        model_params = [t for t in _params(model_trace) if all(t is not g for g in guide_params)]
+        plain = _depends_on(terms, guide_params)
+        local = [t for t in guide_params if all(t is not u for u in plain)]
+        model_params = [t for t in _params(model_trace) if all(t is not g for g in guide_params)] + plain
         # DReG (Tucker et al. 2019, Eq. 7): grad_phi = sum_p w~_p^2 d log w_p / dz_p dz_p / dphi,
         # with phi held fixed inside log q; model parameters keep the IWAE gradient.
-        lw = log_w.detach()
+        lw = terms.log_w.detach()
         w = torch.softmax(drop_negligible(lw), dim=0)
         # w² below eps² of the largest w² is dropped too (exact zeros, never subnormal).
         tiny_w2 = lw < lw.amax(dim=0, keepdim=True) - 0.5 * negligible_log_ratio(lw.dtype)
-        surrogate_phi = -scale * (w.pow(2).masked_fill(tiny_w2, 0.0) * log_w_dq).sum()
-        _accumulate(surrogate_phi, guide_params, retain_graph=True)
+        surrogate_phi = -terms.scale * (w.pow(2).masked_fill(tiny_w2, 0.0) * terms.log_w_dq).sum()
+        _accumulate(surrogate_phi, local, retain_graph=True)
         _accumulate(loss, model_params, retain_graph=bool(self.retain_graph))
         return value
+
+
+_UNKNOWN = object()
+
+
+def _rng_unchanged():
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def _sharing_globals(guide, plate: str):
+    def run(*args, **kwargs):
+        with ShareGlobals(plate):
+            return guide(*args, **kwargs)
+
+    return run
+
+
+def _depends_on(terms: ImportanceTerms, params: list[Tensor]) -> list[Tensor]:
+    """The parameters among ``params`` that a global site's value or term depends on (plain gradient)."""
+    roots = [v for v in terms.global_values if isinstance(v, Tensor) and v.requires_grad]
+    if isinstance(terms.global_lp, Tensor) and terms.global_lp.requires_grad:
+        roots.append(terms.global_lp)
+    if not roots or not params:
+        return []
+    total = sum(r.sum() for r in roots)
+    grads = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)
+    return [t for t, g in zip(params, grads) if g is not None]
 
 
 def _params(trace) -> list[Tensor]:
