@@ -6,8 +6,10 @@ A kernel :math:`\\kappa(x, x')` defines the MAPA posterior approximation
 
 Only ratios within a row matter, so a kernel is defined up to a factor that
 depends on :math:`x_n` alone. Every kernel here is a decreasing function of a
-squared Euclidean distance, which lets the table builder compute a whole block of
-rows with one matrix multiply (``||a||² + ||b||² - 2 a·b``).
+squared Euclidean distance measured in units of the kernel's ``length_scale``
+(:math:`s = \\|x - x'\\|^2 / \\ell^2`), which lets the table builder compute a whole
+block of rows with one matrix multiply on centred, scaled data whatever the data's
+offset and scale (:mod:`~pyro_mapa.table.distances`).
 
 References:
     | Towards Model-Agnostic Posterior Approximation for Fast and Accurate
@@ -32,25 +34,41 @@ __all__ = ["BernoulliKernel", "GaussianKernel", "ProximityKernel", "squared_dist
 def squared_distances(
     x: Tensor, y: Tensor, x_sq: Tensor | None = None, y_sq: Tensor | None = None
 ) -> Tensor:
-    """Pairwise squared Euclidean distances ``||x_a - y_b||²`` by one matrix multiply.
+    """Pairwise squared Euclidean distances ``||x_a - y_b||²``, as ``Σ (x_a - y_b)²`` in float64.
+
+    Computed directly (in blocks) rather than by the expansion ``||a||² + ||b||² - 2 a·b``,
+    whose rounding error is absolute and wipes out the distances of data far from the origin;
+    equal rows get exactly zero. The table builders use the faster, error-bounded
+    :class:`~pyro_mapa.table.distances.DistancePlan` instead.
 
     Arguments:
-        x: A ``(A, D)`` tensor.
+        x: An ``(A, D)`` tensor.
         y: A ``(B, D)`` tensor.
-        x_sq: Optional precomputed ``(x * x).sum(-1)``.
-        y_sq: Optional precomputed ``(y * y).sum(-1)``.
+        x_sq, y_sq: Ignored (kept for compatibility: the squared norms are not needed).
 
     Returns:
-        An ``(A, B)`` tensor, clamped at zero (rounding can make the expansion
-        slightly negative).
+        An ``(A, B)`` tensor in the inputs' (promoted) dtype.
     """
-    if x_sq is None:
-        x_sq = (x * x).sum(-1)
-    if y_sq is None:
-        y_sq = (y * y).sum(-1)
-    d2 = torch.addmm(y_sq.unsqueeze(0), x, y.T, beta=1.0, alpha=-2.0)
-    d2.add_(x_sq.unsqueeze(1))
-    return d2.clamp_(min=0.0)
+    return _direct_sqdist(x, y, 1.0).to(torch.promote_types(x.dtype, y.dtype))
+
+
+def _direct_sqdist(x: Tensor, y: Tensor, scale: float) -> Tensor:
+    """``Σ ((x_a - y_b) / scale)²`` in float64, in blocks of at most 2^22 differences."""
+    x64, y64 = x.detach().to(torch.float64), y.detach().to(torch.float64)
+    step = max(1, 2**22 // max(1, y64.shape[0] * max(x64.shape[1], 1)))
+    blocks = [((x64[i : i + step].unsqueeze(1) - y64.unsqueeze(0)) / scale).pow(2).sum(-1)
+              for i in range(0, x64.shape[0], step)]
+    return torch.cat(blocks) if blocks else x64.new_zeros(0, y64.shape[0])
+
+
+def _over_square(sqdist: Tensor, scale: float) -> Tensor:
+    """``sqdist / scale²`` without ``scale²`` under- or overflowing (a zero distance stays zero)."""
+    inv = 1.0 / scale
+    info = torch.finfo(sqdist.dtype)
+    if info.tiny <= inv <= info.max:
+        return sqdist * inv * inv  # each factor representable: only the true result can overflow
+    s = sqdist.to(torch.float64) * inv * inv
+    return torch.where(sqdist > 0, s, torch.zeros_like(s)).to(sqdist.dtype)
 
 
 def _check_data(data: Tensor, name: str = "data") -> None:
@@ -94,6 +112,36 @@ class ProximityKernel(ABC):
         """In-place version of :meth:`log_kernel_from_sqdist` (overwrites and returns ``sqdist``)."""
         return sqdist.copy_(self.log_kernel_from_sqdist(sqdist))
 
+    @property
+    def length_scale(self) -> float:
+        """The unit :math:`\\ell` of distances: the table builder passes ``||x - x'||² / ℓ²`` (default 1)."""
+        return 1.0
+
+    def log_kernel_from_scaled_sqdist(self, scaled: Tensor) -> Tensor:
+        """:math:`\\log\\kappa` from squared distances in units of :attr:`length_scale` (``s = d² / ℓ²``).
+
+        The default calls :meth:`log_kernel_from_sqdist` on ``s · ℓ²``; kernels with a
+        length scale override it so that no ``ℓ²`` is ever formed (it can under- or overflow).
+        """
+        ell = self.length_scale
+        return self.log_kernel_from_sqdist(scaled if ell == 1.0 else scaled * ell * ell)
+
+    def log_kernel_from_scaled_sqdist_(self, scaled: Tensor) -> Tensor:
+        """In-place version of :meth:`log_kernel_from_scaled_sqdist` (overwrites and returns ``scaled``)."""
+        return scaled.copy_(self.log_kernel_from_scaled_sqdist(scaled))
+
+    def scaled_sqdist_slope(self) -> float:
+        """How fast :math:`-\\log\\kappa` grows per unit of scaled squared distance (nats).
+
+        The table builder multiplies its distance step's rounding error by this to bound the
+        error of :math:`\\log\\kappa`. The default estimates it as
+        ``|log κ(s=1) - log κ(s=0)|`` (``inf`` when that is not finite, which makes the
+        builder use its exact float64 path); kernels of the form ``-c·s`` return ``c``.
+        """
+        v = self.log_kernel_from_scaled_sqdist(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        slope = abs(float(v[1] - v[0]))
+        return slope if math.isfinite(slope) else math.inf
+
     def validate(self, data: Tensor) -> None:
         """Raises :class:`ValueError`/:class:`TypeError` if ``data`` cannot be used with this kernel."""
         _check_data(data)
@@ -103,8 +151,9 @@ class ProximityKernel(ABC):
         return {"kernel": type(self).__name__}
 
     def log_kernel(self, x: Tensor, y: Tensor) -> Tensor:
-        """``(A, B)`` matrix of :math:`\\log \\kappa(x_a, y_b)`."""
-        return self.log_kernel_from_sqdist(squared_distances(x, y))
+        """``(A, B)`` matrix of :math:`\\log \\kappa(x_a, y_b)` (distances in float64, returned in ``x``'s dtype)."""
+        scaled = _direct_sqdist(x, y, self.length_scale)
+        return self.log_kernel_from_scaled_sqdist(scaled).to(torch.promote_types(x.dtype, y.dtype))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "kernel")
@@ -136,11 +185,24 @@ class GaussianKernel(ProximityKernel):
             bandwidth, "bandwidth", "use the observation noise σ of the likelihood (or √2 σ)"
         )
 
+    @property
+    def length_scale(self) -> float:
+        return self.bandwidth
+
     def log_kernel_from_sqdist(self, sqdist: Tensor) -> Tensor:
-        return sqdist * (-0.5 / self.bandwidth**2)
+        return _over_square(sqdist, self.bandwidth) * -0.5
 
     def log_kernel_from_sqdist_(self, sqdist: Tensor) -> Tensor:
-        return sqdist.mul_(-0.5 / self.bandwidth**2)
+        return sqdist.copy_(_over_square(sqdist, self.bandwidth)).mul_(-0.5)
+
+    def log_kernel_from_scaled_sqdist(self, scaled: Tensor) -> Tensor:
+        return scaled * -0.5
+
+    def log_kernel_from_scaled_sqdist_(self, scaled: Tensor) -> Tensor:
+        return scaled.mul_(-0.5)
+
+    def scaled_sqdist_slope(self) -> float:
+        return 0.5
 
     def config(self) -> dict[str, Any]:
         return {"kernel": "GaussianKernel", "bandwidth": self.bandwidth}
@@ -173,6 +235,15 @@ class BernoulliKernel(ProximityKernel):
 
     def log_kernel_from_sqdist_(self, sqdist: Tensor) -> Tensor:
         return sqdist.mul_(-math.log(self.rho / (1.0 - self.rho)))
+
+    def log_kernel_from_scaled_sqdist(self, scaled: Tensor) -> Tensor:
+        return self.log_kernel_from_sqdist(scaled)  # length scale 1
+
+    def log_kernel_from_scaled_sqdist_(self, scaled: Tensor) -> Tensor:
+        return self.log_kernel_from_sqdist_(scaled)
+
+    def scaled_sqdist_slope(self) -> float:
+        return math.log(self.rho / (1.0 - self.rho))
 
     def validate(self, data: Tensor) -> None:
         _check_data(data)

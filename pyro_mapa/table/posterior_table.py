@@ -24,6 +24,7 @@ from ..errors import as_index_tensor, check_count
 from .build import (
     build_table,
     check_build_arguments,
+    check_max_support,
     data_fingerprint,
     default_chunk_size,
     row_hashes,
@@ -31,6 +32,7 @@ from .build import (
 from .data_check import check_table_data, mismatched_rows
 from .kernels import ProximityKernel
 from .sampling import (
+    checked_uniforms,
     log_suffix_mass,
     remainder_log_probs,
     sample_with_replacement,
@@ -46,17 +48,6 @@ class TableRows(NamedTuple):
 
     indices: Tensor
     log_probs: Tensor
-
-
-def _uniforms(given: Tensor | None, shape: tuple[int, int], generator, device, dtype, *, include_one: bool,
-              writable: bool = False) -> Tensor:
-    """Checked caller ``uniforms`` (a copy if ``writable``) or fresh ones in ``(0, 1]`` / ``[0, 1)``."""
-    if given is None:
-        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-        return 1.0 - u if include_one else u
-    if given.shape != shape:
-        raise ValueError(f"uniforms must have shape {shape}, got {tuple(given.shape)}")
-    return given.to(device=device, dtype=dtype, copy=writable)
 
 
 class PosteriorTable:
@@ -144,12 +135,12 @@ class PosteriorTable:
         """Builds the MAPA table of ``data`` under ``kernel`` (Eq. 8), exactly, in row chunks.
 
         Arguments:
-            data: ``(N, D)`` observations, finite floats.
+            data: ``(N, D)`` observations, finite floats (float16/bfloat16 data give a float32 table).
             kernel: A :class:`~pyro_mapa.table.kernels.ProximityKernel`.
             max_support: Keep only each row's top ``M`` entries (memory ``O(N·M)``);
                 the log-normalizer stays exact over all ``N``. Default: full rows.
             chunk_size: Query rows per block (memory ``O(chunk·N)``).
-            device: Where to compute and keep the table (default: ``data.device``).
+            device: Where to compute and keep the table (default: ``data.device``; not ``"meta"``).
             progress: Show a tqdm progress bar (default: for large ``N``).
             rows: Build only these data rows (a contiguous ``range``), e.g. one process's
                 shard in data-parallel training; every row still covers all ``N`` columns.
@@ -163,7 +154,7 @@ class PosteriorTable:
             hnsw_options: ``hnsw_m``, ``ef_construction``, ``ef_search`` for the faiss graph
                 (raise ``ef_search`` for recall).
         """
-        data = check_build_arguments(data, kernel, max_support, chunk_size, rows, neighbors, normalizer)
+        data = check_build_arguments(data, kernel, max_support, chunk_size, rows, neighbors, normalizer, device)
         n = data.shape[0]
         fingerprint = data_fingerprint(data)
         hashes = {"row_hashes": row_hashes(data), "row_shape": tuple(data.shape[1:])}
@@ -225,7 +216,7 @@ class PosteriorTable:
         if not bool(torch.isfinite(lz).all()):
             raise ValueError("every row of log_probs needs at least one finite entry")
         n = log_probs.shape[1]
-        m = n if max_support is None else max_support
+        m = n if max_support is None else check_max_support(max_support, n)
         lp = log_probs - lz
         if m == n:
             vals, idx = torch.sort(lp, dim=1, descending=True, stable=True)
@@ -306,7 +297,6 @@ class PosteriorTable:
                 fix = f"num_top can be at most N={self.num_categories}"
             raise ValueError(f"num_top={k} exceeds the table's support of {self.support_size}; {fix}")
 
-
     def log_suffix_mass(self) -> Tensor:
         """``(R, M)`` log of each row's mass from position ``j`` on: ``logsumexp(log_probs[:, j:])``.
 
@@ -337,7 +327,6 @@ class PosteriorTable:
         mass = self.remainder_log_mass(k)[r]
         return TableRows(self.indices[r, k:], remainder_log_probs(self.log_probs[r], k, mass))
 
-
     def sample_remainder(
         self,
         rows: Tensor | None,
@@ -349,7 +338,7 @@ class PosteriorTable:
         """Draws ``s`` indices per row from the remainder :math:`\\tilde q_n`, with replacement.
 
         See :func:`~pyro_mapa.table.sampling.sample_with_replacement`. ``uniforms``
-        (``(B, s)`` in ``(0, 1)``, e.g. from :func:`~pyro_mapa.table.counter_rng.counter_uniform`)
+        (``(B, s)`` in ``(0, 1]``, else ``ValueError``; e.g. from :func:`~pyro_mapa.table.counter_rng.counter_uniform`)
         replaces the random stream, making the draws a deterministic function of them.
 
         Returns:
@@ -366,7 +355,7 @@ class PosteriorTable:
         if s == 0 or k == self.support_size:
             return TableRows(self.indices.new_empty((b, 0)), self.log_probs.new_empty((b, 0)))
         dtype = self.log_probs.dtype
-        uniforms = _uniforms(uniforms, (b, s), generator, self.device, dtype, include_one=True)
+        uniforms = checked_uniforms(uniforms, (b, s), generator, self.device, dtype, include_one=True)
         idx, log_q = sample_with_replacement(self.indices, self.log_probs, self.log_suffix_mass(), r, k, s, uniforms)
         return TableRows(idx, log_q)
 
@@ -382,7 +371,7 @@ class PosteriorTable:
 
         See :func:`~pyro_mapa.table.sampling.sample_without_replacement` (an unbiased
         priority-sampling estimator; looser than sampling with replacement at ``s = 1``).
-        ``uniforms`` (``(B, M - k)`` in ``(0, 1)``) replaces the random stream if given.
+        ``uniforms`` (``(B, M - k)`` in ``[0, 1)``, else ``ValueError``) replaces the random stream if given.
 
         Returns:
             ``(indices, log_inclusion)``, both ``(B, min(s, M - k))``.
@@ -393,7 +382,7 @@ class PosteriorTable:
         if min(s, width) == 0:
             return TableRows(rest.indices.new_empty((b, 0)), rest.log_probs.new_empty((b, 0)))
         device, dtype = rest.log_probs.device, rest.log_probs.dtype
-        u = _uniforms(uniforms, (b, width), generator, device, dtype, include_one=False, writable=True)
+        u = checked_uniforms(uniforms, (b, width), generator, device, dtype, include_one=False, writable=True)
         idx, log_incl = sample_without_replacement(rest.indices, rest.log_probs, s, u)
         return TableRows(idx, log_incl)
 

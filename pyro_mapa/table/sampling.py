@@ -22,12 +22,41 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "checked_uniforms",
     "log_inclusion",
     "log_suffix_mass",
     "remainder_log_probs",
     "sample_with_replacement",
     "sample_without_replacement",
 ]
+
+
+def checked_uniforms(given: Tensor | None, shape: tuple[int, int], generator, device, dtype, *,
+                     include_one: bool, writable: bool = False) -> Tensor:
+    """Caller ``uniforms`` checked (a copy if ``writable``), or fresh ones in ``(0, 1]`` / ``[0, 1)``.
+
+    Given uniforms must have ``shape`` and lie in ``(0, 1]`` (``include_one``: inverse-CDF
+    draws) or ``[0, 1)`` (Gumbel draws, where 0 is clamped to the smallest positive number);
+    anything else (``u = -1`` would pick the least probable entry, NaN would pick
+    arbitrarily) is a ``ValueError``. One host sync.
+    """
+    if given is None:
+        u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        return 1.0 - u if include_one else u
+    if not isinstance(given, Tensor) or not given.is_floating_point():
+        raise TypeError(f"uniforms must be a floating-point tensor of shape {shape}, got {type(given).__name__}"
+                        + (f" of dtype {given.dtype}" if isinstance(given, Tensor) else ""))
+    if given.shape != shape:
+        raise ValueError(f"uniforms must have shape {shape}, got {tuple(given.shape)}")
+    inside = ((given > 0) & (given <= 1)) if include_one else ((given >= 0) & (given < 1))
+    if given.numel() and not bool(inside.all()):
+        bad = given[~inside].flatten()[0].item()
+        interval = "(0, 1]" if include_one else "[0, 1)"
+        raise ValueError(
+            f"uniforms must lie in {interval}, got {bad} (and {int((~inside).sum()) - 1} more outside); "
+            "pass e.g. counter_uniform(...) or 1 - torch.rand(...), or uniforms=None"
+        )
+    return given.to(device=device, dtype=dtype, copy=writable)
 
 
 def remainder_log_probs(log_probs: Tensor, k: int, log_mass: Tensor | None = None) -> Tensor:
@@ -150,7 +179,9 @@ def sample_without_replacement(rest_indices: Tensor, rest_log_probs: Tensor, s: 
     b, width = rest_indices.shape
     take = min(s, width)
     u = uniforms
-    gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+    # Clamped into (0, 1): a uniform just below 1 rounds to 1.0 in float32 (a Gumbel of +inf).
+    info = torch.finfo(u.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_(min=info.tiny, max=1.0 - info.eps / 2)))
     perturbed = rest_log_probs + gumbel
     if take < width:
         vals, pos = torch.topk(perturbed, take + 1, dim=1)
