@@ -1,0 +1,368 @@
+"""Pyro's tests/infer/test_valid_models.py, Trace_ELBO cases, re-expressed for TraceIWAE_ELBO.
+
+Each test is named after the Pyro test it mirrors (models written here). Every one of Pyro's 122
+``Trace_ELBO`` cases gets one of three outcomes, listed in ``OUTCOMES``:
+
+- ``run``: a finite loss, gradients reaching the parameters, and, with only reparameterized
+  sites, the one-particle value equal to ``Trace_ELBO``'s on the same seed;
+- ``refused``: a ``ValueError`` whose message says what to change (asserted);
+- ``error``: Pyro's expected error stays an error.
+
+Pyro's discrete (Bernoulli) latents are refused (TraceIWAE_ELBO needs reparameterized guide
+sites); each such structure is also run with a Normal latent in its place (``*_reparameterized``).
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import Trace_ELBO
+from pyro.infer.reparam import LatentStableReparam
+from torch.distributions import constraints
+
+from pyro_mapa import TraceIWAE_ELBO
+
+NOT_REPARAM = r"is not reparameterizable; TraceIWAE_ELBO needs reparameterized guide sites: use Trace_ELBO"
+INNER_SUBSAMPLE = r"an importance-weighted bound with more than one particle needs every subsampled plate"
+ERRORS = (ValueError, RuntimeError, KeyError, NotImplementedError, UserWarning)
+
+OUTCOMES = {}  # Pyro test -> number of its Trace_ELBO cases per outcome
+
+
+def outcome(test, run=0, refused=0, error=0):
+    OUTCOMES[test] = {"run": run, "refused": refused, "error": error}
+
+
+def bernoulli(p):
+    return dist.Bernoulli(p)
+
+
+def normal(p):
+    return dist.Normal(p, 1.0)
+
+
+def assert_runs(model, guide, compare=True, num_particles=3, **kwargs):
+    """One particle equals Trace_ELBO on the same seed; P particles: finite loss, gradients, plain and DReG."""
+    if compare:
+        pyro.clear_param_store()
+        pyro.set_rng_seed(0)
+        expected = Trace_ELBO(**kwargs).loss(model, guide)
+        pyro.set_rng_seed(0)
+        got = TraceIWAE_ELBO(1, **kwargs).loss(model, guide)
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    for dreg in (False, True):
+        pyro.clear_param_store()
+        pyro.set_rng_seed(1)
+        loss = TraceIWAE_ELBO(num_particles, dreg=dreg, **kwargs).loss_and_grads(model, guide)
+        assert math.isfinite(loss)
+        params = [v.unconstrained() for v in pyro.get_param_store().values()]
+        grads = [p.grad for p in params if p.grad is not None]
+        assert all(torch.isfinite(g).all() for g in grads)
+        if params:
+            assert any(g.abs().sum() > 0 for g in grads), "no gradient reached the parameters"
+
+
+def assert_refused(model, guide, match, num_particles=3, **kwargs):
+    pyro.clear_param_store()
+    with pytest.raises(ValueError, match=match):
+        TraceIWAE_ELBO(num_particles, **kwargs).loss_and_grads(model, guide)
+
+
+def assert_error(model, guide, match, **kwargs):
+    pyro.clear_param_store()
+    with pytest.raises(ERRORS, match=match):
+        TraceIWAE_ELBO(3, **kwargs).loss_and_grads(model, guide)
+
+
+def param_p():
+    return pyro.param("p", torch.tensor(0.5), constraint=constraints.unit_interval)
+
+
+# ---------------------------------------------------------------- models without (or with missing) latents
+outcome("test_nonempty_model_empty_guide_ok", run=2)
+outcome("test_nonempty_model_empty_guide_error", error=2)
+outcome("test_empty_model_empty_guide_ok", run=2)
+
+
+def test_nonempty_model_empty_guide_ok():
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(2), torch.ones(2)).to_event(1), obs=torch.zeros(2))
+
+    assert_runs(model, lambda: None)
+    exact = -float(dist.Normal(0.0, 1.0).log_prob(torch.tensor(0.0))) * 2
+    assert TraceIWAE_ELBO(5).loss(model, lambda: None) == exact  # exactly -log p(x)
+
+
+def test_nonempty_model_empty_guide_error():
+    assert_error(lambda: pyro.sample("x", dist.Normal(0, 1)), lambda: None, "model but not guide|no sample site")
+
+
+def test_empty_model_empty_guide_ok():
+    assert_runs(lambda: None, lambda: None)
+    assert TraceIWAE_ELBO(4).loss(lambda: None, lambda: None) == 0.0
+
+
+# ---------------------------------------------------------------- name and shape clashes
+outcome("test_variable_clash_in_model_error", error=1)
+outcome("test_model_guide_dim_mismatch_error", error=1)
+outcome("test_model_guide_shape_mismatch_error", error=1)
+outcome("test_variable_clash_in_guide_error", error=1)
+
+
+def test_variable_clash_in_model_error():
+    def model():
+        pyro.sample("x", dist.Bernoulli(0.5))
+        pyro.sample("x", dist.Bernoulli(0.5))
+
+    def guide():
+        pyro.sample("x", dist.Bernoulli(param_p()))
+
+    assert_error(model, guide, "Multiple sample sites named")
+
+
+@pytest.mark.parametrize(
+    "model_shape,guide_shape,events,match",
+    [((2,), (2, 1), (1, 2), "invalid log_prob shape|event_dims disagree"),
+     ((1, 2), (2, 1), (2, 2), "Model and guide shapes disagree")],
+    ids=["test_model_guide_dim_mismatch_error", "test_model_guide_shape_mismatch_error"],
+)
+def test_model_guide_mismatch_error(model_shape, guide_shape, events, match):
+    def model():
+        pyro.sample("x", dist.Normal(torch.zeros(model_shape), 1.0).to_event(events[0]))
+
+    def guide():
+        loc = pyro.param("loc", torch.zeros(guide_shape))
+        pyro.sample("x", dist.Normal(loc, 1.0).to_event(events[1]))
+
+    assert_error(model, guide, match)
+
+
+def test_variable_clash_in_guide_error():
+    def guide():
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    assert_error(lambda: pyro.sample("x", dist.Normal(0.0, 1.0)), guide, "Multiple sample sites named")
+
+
+# ---------------------------------------------------------------- has_rsample
+outcome("test_set_has_rsample_ok", run=1, refused=1)
+outcome("test_not_has_rsample_ok", refused=1)
+
+
+@pytest.mark.parametrize("has_rsample", [False, True])
+def test_set_has_rsample_ok(has_rsample):
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Normal((z * 100).clamp(0, 1), 1.0), obs=torch.tensor(0.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.003)), 1.0).has_rsample_(has_rsample))
+
+    if has_rsample:
+        assert_runs(model, guide)
+    else:
+        assert_refused(model, guide, "guide site 'z' \\(Normal\\) " + NOT_REPARAM)
+
+
+def test_not_has_rsample_ok():
+    def model():
+        z = pyro.sample("z", dist.Normal(0.0, 1.0))
+        pyro.sample("x", dist.Bernoulli(z.round().clamp(0.2, 0.8)), obs=torch.tensor(0.0))
+
+    def guide():
+        pyro.sample("z", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0).has_rsample_(False))
+
+    assert_refused(model, guide, "guide site 'z' \\(Normal\\) " + NOT_REPARAM)
+
+
+# ---------------------------------------------------------------- plates with Bernoulli latents (and a Normal in their place)
+def check_family(latent, model, guide, p3_match=None, compare=True, **kwargs):
+    """Pyro's Bernoulli latent is refused; a Normal latent in its place runs (or, with P > 1, is refused)."""
+    if latent is bernoulli:
+        assert_refused(model, guide, NOT_REPARAM, **kwargs)
+        return
+    if p3_match is None:
+        assert_runs(model, guide, compare=compare, **kwargs)
+    else:
+        assert_runs(model, guide, compare=compare, num_particles=1, **kwargs)
+        assert_refused(model, guide, p3_match, **kwargs)
+
+
+FAMILIES = pytest.mark.parametrize("latent", [bernoulli, normal], ids=["pyro", "reparameterized"])
+SUBSAMPLE = pytest.mark.parametrize("subsample", [None, 2], ids=["full", "subsample"])
+outcome("test_iplate_ok", refused=2)
+outcome("test_iplate_variable_clash_error", error=1)
+outcome("test_plate_ok", refused=2)
+outcome("test_plate_subsample_param_ok", refused=2)
+outcome("test_plate_subsample_primitive_ok", refused=2)
+outcome("test_plate_param_size_mismatch_error", refused=10, error=4)
+outcome("test_plate_no_size_ok", refused=1)
+
+
+@FAMILIES
+@SUBSAMPLE
+def test_iplate_ok(latent, subsample):
+    def make(guide):
+        def fn():
+            p = param_p() if guide else torch.tensor(0.3)
+            for i in pyro.plate("plate", 4, subsample):
+                pyro.sample(f"x_{i}", latent(p))
+        return fn
+
+    check_family(latent, make(False), make(True))
+
+
+def test_iplate_variable_clash_error():
+    def model():
+        for _ in pyro.plate("plate", 2):
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+
+    assert_error(model, model, "Multiple sample sites named")
+
+
+@FAMILIES
+@SUBSAMPLE
+@pytest.mark.parametrize("variant", ["test_plate_ok", "test_plate_subsample_param_ok",
+                                     "test_plate_subsample_primitive_ok", "test_plate_no_size_ok"])
+def test_plate_ok(latent, subsample, variant):
+    if variant == "test_plate_no_size_ok" and subsample:
+        pytest.skip("Pyro's test has one case")
+
+    def make(guide):
+        def fn():
+            p = torch.tensor(0.3)
+            size = None if variant == "test_plate_no_size_ok" else 10
+            with pyro.plate("plate", size, subsample) as ind:
+                if guide and variant == "test_plate_subsample_param_ok":
+                    p = pyro.param("p", 0.5 * torch.ones(10), constraint=constraints.unit_interval, event_dim=0)
+                    assert p.shape == ind.shape
+                elif guide and variant == "test_plate_subsample_primitive_ok":
+                    p = pyro.subsample(param_p().expand(10), event_dim=0)
+                elif guide:
+                    p = param_p()
+                d = latent(p)
+                if variant in ("test_plate_ok", "test_plate_no_size_ok"):
+                    d = d.expand_by([10 if size is None else len(ind)])
+                pyro.sample("x", d)
+        return fn
+
+    check_family(latent, make(False), make(True))
+
+
+@pytest.mark.parametrize("shape,ok", [((), True), ((1,), True), ((10,), True), ((3, 1), True),
+                                      ((3, 10), True), ((5,), False), ((3, 5), False)])
+@SUBSAMPLE
+def test_plate_param_size_mismatch_error(shape, ok, subsample):
+    def model():
+        with pyro.plate("plate", 10, subsample):
+            pyro.sample("x", dist.Bernoulli(0.5))
+
+    def guide():
+        with pyro.plate("plate", 10, subsample):
+            pyro.param("p0", torch.ones(shape), event_dim=0)
+            pyro.sample("x", dist.Bernoulli(pyro.param("p", 0.5 * torch.ones(10), event_dim=0)))
+
+    if ok:
+        assert_refused(model, guide, "guide site 'x' \\(Bernoulli\\) " + NOT_REPARAM)
+    else:
+        assert_error(model, guide, "invalid shape of pyro.param")
+
+
+# ---------------------------------------------------------------- nested loop plates
+outcome("test_iplate_iplate_ok", refused=4)
+outcome("test_iplate_iplate_swap_ok", refused=4)
+outcome("test_iplate_in_model_not_guide_ok", refused=2)
+outcome("test_iplate_in_guide_not_model_error", refused=2, error=2)
+outcome("test_plate_broadcast_error", error=1)
+outcome("test_plate_iplate_ok", refused=1)
+outcome("test_iplate_plate_ok", refused=1)
+
+
+@FAMILIES
+@SUBSAMPLE
+@pytest.mark.parametrize("max_plate_nesting", [0, float("inf")])
+@pytest.mark.parametrize("swap", [False, True], ids=["test_iplate_iplate_ok", "test_iplate_iplate_swap_ok"])
+def test_iplate_iplate_ok(latent, subsample, max_plate_nesting, swap):
+    def make(guide):
+        def fn():
+            p = param_p() if guide else torch.tensor(0.3)
+            outer, inner = pyro.plate("plate_0", 3, subsample), pyro.plate("plate_1", 3, subsample)
+            if guide and swap:
+                for j in inner:
+                    for i in outer:
+                        pyro.sample(f"x_{i}_{j}", latent(p))
+            else:
+                for i in outer:
+                    for j in inner:
+                        pyro.sample(f"x_{i}_{j}", latent(p))
+        return fn
+
+    # Subsampled: the inner loop is a subsampled plate inside each point (iteration of the outer loop).
+    check_family(latent, make(False), make(True), INNER_SUBSAMPLE if subsample else None,
+                 max_plate_nesting=max_plate_nesting)
+
+
+@FAMILIES
+@pytest.mark.parametrize("subsample", [None, 5], ids=["full", "subsample"])
+def test_iplate_in_model_not_guide_ok(latent, subsample):
+    def make(guide):
+        def fn():
+            p = param_p() if guide else torch.tensor(0.3)
+            if not guide:
+                for _ in pyro.plate("plate", 10, subsample):
+                    pass
+            pyro.sample("x", latent(p))
+        return fn
+
+    check_family(latent, make(False), make(True))
+
+
+@pytest.mark.parametrize("is_validate", [True, False])
+@pytest.mark.parametrize("subsample", [None, 5], ids=["full", "subsample"])
+def test_iplate_in_guide_not_model_error(subsample, is_validate):
+    def guide():
+        for _ in pyro.plate("plate", 10, subsample):
+            pass
+        pyro.sample("x", dist.Bernoulli(param_p()))
+
+    def model():
+        pyro.sample("x", dist.Bernoulli(0.5))
+
+    with pyro.validation_enabled(is_validate):
+        if is_validate:
+            assert_error(model, guide, "Found plate statements in guide but not model")
+        else:
+            assert_refused(model, guide, NOT_REPARAM)
+
+
+def test_plate_broadcast_error():
+    def model():
+        with pyro.plate("plate", 10, 5):
+            pyro.sample("x", dist.Normal(0.0, 1.0).expand_by([2]))
+
+    assert_error(model, model, "Shape mismatch inside plate")
+
+
+@FAMILIES
+@pytest.mark.parametrize("loop_inside", [True, False], ids=["test_plate_iplate_ok", "test_iplate_plate_ok"])
+def test_plate_iplate_ok(latent, loop_inside):
+    def make(guide):
+        def fn():
+            p = param_p() if guide else torch.tensor(0.3)
+            vectorized = pyro.plate("plate", 3, 2)
+            if loop_inside:
+                with vectorized as ind:
+                    for i in pyro.plate("iplate", 3, 2):
+                        pyro.sample(f"x_{i}", latent(p).expand_by([len(ind)]))
+            else:
+                for i in pyro.plate("iplate", 3, 2):
+                    with vectorized as ind:
+                        pyro.sample(f"x_{i}", latent(p).expand_by([len(ind)]))
+        return fn
+
+    # The outermost plate is the data plate; the other one, subsampled, sits inside each point.
+    check_family(latent, make(False), make(True), INNER_SUBSAMPLE)
