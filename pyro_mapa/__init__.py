@@ -6,7 +6,7 @@ The whole public API, by layer (subpackage)::
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
                  NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex,
                  LIDVAEDecoder, ICNN, BrenierMap (LIDVAE), FreeCodebook (free codes)
-    infer        MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
+    infer        empiricalize (any Pyro model), MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
                  HamiltonianGuide (HVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood, exact_posterior, kl_to_posterior,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
@@ -33,7 +33,15 @@ from .evaluation import (
     kl_to_posterior,
     quadrature_log_likelihood,
 )
-from .infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from .infer import (
+    EmpiricalizedPyroModel,
+    HamiltonianGuide,
+    MAPAGuide,
+    TraceInfoVAE_ELBO,
+    TraceIWAE_ELBO,
+    TraceMAPA_ELBO,
+    empiricalize,
+)
 from .models import (
     ICNN,
     AmortizedCodebook,
@@ -60,6 +68,7 @@ __all__ = [
     "BernoulliLikelihood",
     "BrenierMap",
     "EmpiricalizedModel",
+    "EmpiricalizedPyroModel",
     "FlowPrior",
     "FreeCodebook",
     "GaussianCopulaPrior",
@@ -84,6 +93,7 @@ __all__ = [
     "VAEModel",
     "collapse_diagnostics",
     "empirical_log_likelihood",
+    "empiricalize",
     "exact_posterior",
     "fit_proposal",
     "importance_log_likelihood",

@@ -6,6 +6,7 @@ Every objective is a :class:`pyro.infer.ELBO` (``loss``, ``loss_and_grads``,
 :mod:`._pyro_compat` is the only module that touches Pyro internals.
 """
 
+from .empiricalize import EmpiricalizedPyroModel, empiricalize
 from .hamiltonian_guide import HamiltonianGuide, leapfrog_flow, tempering_schedule
 from .infovae_elbo import TraceInfoVAE_ELBO, imq_kernel, mmd_u_statistic, rbf_kernel
 from .iwae_elbo import TraceIWAE_ELBO
@@ -13,11 +14,13 @@ from .mapa_elbo import TraceMAPA_ELBO
 from .mapa_guide import MAPAGuide
 
 __all__ = [
+    "EmpiricalizedPyroModel",
     "HamiltonianGuide",
     "MAPAGuide",
     "TraceIWAE_ELBO",
     "TraceInfoVAE_ELBO",
     "TraceMAPA_ELBO",
+    "empiricalize",
     "imq_kernel",
     "leapfrog_flow",
     "mmd_u_statistic",

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import ELBO
+from pyro.infer.autoguide import AutoGuideList
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, as_index_tensor, check_count
@@ -121,13 +122,43 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
-    def _check_guide(guide) -> MAPAGuide:
-        if not isinstance(guide, MAPAGuide):
-            raise TypeError(
-                f"TraceMAPA_ELBO needs a MAPAGuide as guide, got {type(guide).__name__}; "
-                "build one with MAPAGuide(table, site, plate)"
-            )
-        return guide
+    def _check_guide(guide) -> tuple[MAPAGuide, object | None]:
+        """The :class:`MAPAGuide` for the index site and the guide of the globals (or ``None``).
+
+        Accepts a ``MAPAGuide`` (its ``globals_guide``) or an ``AutoGuideList`` with one
+        ``MAPAGuide`` part (the other parts guide the globals).
+        """
+        if isinstance(guide, MAPAGuide):
+            return guide, guide.globals_guide
+        if isinstance(guide, AutoGuideList):
+            parts = list(guide)
+            mapa = [p for p in parts if isinstance(getattr(p, "_guide", None), MAPAGuide)]
+            if len(mapa) == 1:  # the whole list runs for the globals, the index site hidden
+                return mapa[0]._guide, (guide if len(parts) > 1 else None)
+        raise TypeError(
+            f"TraceMAPA_ELBO needs a MAPAGuide as guide (or an AutoGuideList with one MAPAGuide part), got "
+            f"{type(guide).__name__}; build one with MAPAGuide(table, site, plate)"
+        )
+
+    @staticmethod
+    def _globals_trace(globals_guide, guide: MAPAGuide, args, kwargs):
+        """One traced draw of the global latents from their guide, checked: reparameterized, outside the plate."""
+        trace = poutine.trace(poutine.block(globals_guide, hide=[guide.site, guide.plate])).get_trace(*args, **kwargs)
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+                continue
+            if plate_frame(site, guide.plate) is not None:
+                raise ValueError(
+                    f"the globals guide samples {name!r} inside the data plate {guide.plate!r}; TraceMAPA_ELBO "
+                    f"supports one local latent site ({guide.site!r}, from the table) and global latents outside "
+                    "the plate: hide the local site from the globals guide (poutine.block(model, hide=[...]))"
+                )
+            if not site["fn"].has_rsample:
+                raise ValueError(
+                    f"the globals guide's site {name!r} ({type(site['fn']).__name__}) is not reparameterizable; "
+                    "TraceMAPA_ELBO needs reparameterized global draws (e.g. AutoNormal)"
+                )
+        return trace
 
     def _index_values(self, guide: MAPAGuide, rows: Tensor) -> tuple[Tensor, Tensor]:
         """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows."""
@@ -169,7 +200,7 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
 
     def _run(self, model, guide, args, kwargs):
         """One vectorized run of the model with the index site forced (a single model pass)."""
-        guide = self._check_guide(guide)
+        guide, globals_guide = self._check_guide(guide)
         guide.table._check_k(self.num_top)  # K beyond the table's support: a clear error before any run
         if self.max_plate_nesting == float("inf"):
             info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
@@ -182,18 +213,23 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         forcing = _ForceIndex(self, guide)
         self.step_count += 1
         plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
-        trace = poutine.trace(plate(forcing(model))).get_trace(*args, **kwargs)
+        globals_trace, run = None, model
+        if globals_guide is not None:  # one draw of the globals per step, shared by all particles
+            globals_trace = self._globals_trace(globals_guide, guide, args, kwargs)
+            run = poutine.replay(model, trace=globals_trace)
+        trace = poutine.trace(plate(forcing(run))).get_trace(*args, **kwargs)
         if forcing.values is None:
             # Reuse the peek for its precise error (no such site / not in the plate).
             peek_index_site(model, guide.site, guide.plate, args, kwargs)
             raise ValueError(f"the model never reached its index site {guide.site!r}")
         guide.check_model_data(model, trace)  # once per model: refuses a table built on other data
-        return guide, trace, forcing.values, forcing.correction
+        return guide, trace, forcing.values, forcing.correction, globals_trace
 
     def _estimate(self, model, guide, args, kwargs) -> tuple[Tensor, dict[str, Tensor]]:
         """The bound's estimate (a differentiable scalar) and its parts, for diagnostics."""
-        guide, trace, values, correction = self._run(model, guide, args, kwargs)
+        guide, trace, values, correction, globals_trace = self._run(model, guide, args, kwargs)
         num_particles, batch = values.shape
+        drawn = set() if globals_trace is None else set(globals_trace.stochastic_nodes)
         particle_dim = -(self.max_plate_nesting + 1)
         point_lp: Tensor | None = None  # accumulated without a zeros tensor: fewer ops per step
         global_lp: Tensor | float = 0.0
@@ -202,14 +238,21 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            if not site["is_observed"]:
+            frame = plate_frame(site, guide.plate)
+            if not site["is_observed"] and not (name in drawn and frame is None):
+                where = "inside" if frame is not None else "outside"
+                fix = (
+                    "TraceMAPA_ELBO supports one local latent site, the index (make the other sites observed, "
+                    "or empiricalize that site instead)"
+                    if frame is not None
+                    else "a global latent needs a guide: MAPAGuide(..., globals_guide=AutoNormal(poutine.block("
+                    f"model, hide=[{guide.site!r}]))) or an AutoGuideList with the MAPAGuide as one part"
+                )
                 raise ValueError(
-                    f"the model has a latent sample site {name!r} besides the index site "
-                    f"{guide.site!r}; TraceMAPA_ELBO supports exactly one latent site, the index "
-                    "(make the other sites observed, or use a different ELBO)"
+                    f"the model has a latent sample site {name!r} {where} the data plate {guide.plate!r} "
+                    f"besides the index site {guide.site!r}; {fix}"
                 )
             lp = site_log_prob(site)
-            frame = plate_frame(site, guide.plate)
             if frame is None:
                 g = reduce_to_particle_point(lp, particle_dim, None, (num_particles,))
                 global_lp = global_lp + scalar_scale(site) * g.mean()
@@ -234,6 +277,10 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         per_point = torch.logsumexp(drop_negligible(log_w), dim=0)
         if point_mask is not None:
             per_point = torch.where(point_mask, per_point, torch.zeros_like(per_point))
+        if globals_trace is not None:  # - log q of the one draw of the globals, counted once
+            for site in globals_trace.nodes.values():
+                if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+                    global_lp = global_lp - scalar_scale(site) * site_log_prob(site).sum()
         scale = 1.0 if plate_scale is None else plate_scale
         estimate = scale * per_point.sum() + global_lp
         parts = {"likelihood": point_lp, "remainder_weight": correction, "globals": global_lp}
@@ -267,12 +314,17 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
     # ------------------------------------------------------------------ ELBO API
     def _get_trace(self, model, guide, args, kwargs):
         """The vectorized model trace (index forced to the ``K+S`` values) and a guide trace."""
-        guide, model_trace, _, _ = self._run(model, guide, args, kwargs)
-        subsample = model_trace.nodes[guide.plate]["value"]
-        with poutine.block():
-            guide_trace = poutine.trace(
-                poutine.condition(guide, data={guide.plate: subsample})
-            ).get_trace(*args, **kwargs)
+        mapa, model_trace, _, _, globals_trace = self._run(model, guide, args, kwargs)
+        subsample = model_trace.nodes[mapa.plate]["value"]
+        run = mapa if globals_trace is None else poutine.replay(mapa, trace=globals_trace)
+        mapa._subsample_supplied = True
+        try:
+            with poutine.block():
+                guide_trace = poutine.trace(
+                    poutine.condition(run, data={mapa.plate: subsample})
+                ).get_trace(*args, **kwargs)
+        finally:
+            mapa._subsample_supplied = False
         return model_trace, guide_trace
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from typing import Any
 
 import pyro
 import torch
 from torch import Tensor
 
-from ..errors import as_data_tensor
+from ..errors import as_data_tensor, as_index_tensor
 from ..models.distributions import TableCategorical
 from ..table.data_check import check_table_data, raise_if_mismatched
 from ..table.posterior_table import PosteriorTable
@@ -26,14 +27,23 @@ class MAPAGuide:
     name as the model's data plate it samples ``site`` from the table rows of the
     model's minibatch. The minibatch is found, in order of preference, by:
 
-    1. ``create_plates(*args, **kwargs)``, returning the data plate (as Pyro's
+    1. the keyword ``rows`` of the call (the convention of :func:`~pyro_mapa.empiricalize`:
+       ``svi.step(X[rows], rows=rows)``);
+    2. ``create_plates(*args, **kwargs)``, returning the data plate (as Pyro's
        :class:`~pyro.infer.autoguide.AutoGuide` does for subsampling);
-    2. running ``model`` up to the index site (cheap: nothing before it is a network);
-    3. otherwise a plain ``pyro.plate(plate, N)``, whose subsample an enclosing
+    3. running ``model`` up to the index site (cheap: nothing before it is a network);
+    4. otherwise a plain ``pyro.plate(plate, N)``, whose subsample an enclosing
        handler may supply: :class:`~pyro_mapa.TraceMAPA_ELBO` does this, so the plain
        ``MAPAGuide(table, site, plate)`` needs nothing else there. With another
        ELBO (e.g. ``Trace_ELBO``, for which the guide is a proposal with ``K=0, S=1``)
-       and a subsampling model, pass ``model`` or ``create_plates``.
+       and a subsampling model, pass ``rows``, ``model`` or ``create_plates``: without
+       them the guide samples all ``N`` rows, and warns.
+
+    Global latent sites of the model (outside the data plate) get their own guide,
+    ``globals_guide`` (e.g. ``AutoNormal(poutine.block(model, hide=[site]))``), run first;
+    :class:`~pyro_mapa.TraceMAPA_ELBO` draws them once per step and counts
+    :math:`\\log p - \\log q` of the globals once. Composing the two guides in an
+    :class:`~pyro.infer.autoguide.AutoGuideList` works the same way.
 
     The guide has no parameters and nothing in it is differentiated (METHOD.md §5,
     fact 5).
@@ -55,6 +65,8 @@ class MAPAGuide:
         check_data: Compare the model's data with the table's at the first step (default
             ``True``); ``False`` for a table built on purpose on other features of the
             same points than the model observes.
+        globals_guide: Optional guide for the model's global latent sites (reparameterized,
+            outside the data plate), called with the model's arguments before the index site.
     """
 
     def __init__(
@@ -67,6 +79,7 @@ class MAPAGuide:
         create_plates: Callable | None = None,
         data: Tensor | Any | None = None,
         check_data: bool = True,
+        globals_guide: Callable | None = None,
     ) -> None:
         if not isinstance(table, PosteriorTable):
             raise TypeError(
@@ -83,9 +96,23 @@ class MAPAGuide:
         self.plate = plate
         self.model = model
         self.create_plates = create_plates
+        if globals_guide is not None and not callable(globals_guide):
+            raise TypeError(
+                f"globals_guide must be a Pyro guide (callable), e.g. AutoNormal(poutine.block(model, hide=[{site!r}])), "
+                f"got {type(globals_guide).__name__}"
+            )
+        self.globals_guide = globals_guide
+        self._subsample_supplied = False  # set by TraceMAPA_ELBO while it supplies the minibatch
 
     def _plate(self, args: tuple, kwargs: dict):
         n = self.table.total_rows
+        rows = kwargs.get("rows")
+        if rows is not None:
+            rows = as_index_tensor(rows, n, "rows")
+            dim = None
+            if self.model is not None:
+                dim = peek_index_site(self.model, self.site, self.plate, args, kwargs).plate_dim
+            return pyro.plate(self.plate, n, subsample=rows, dim=dim)
         if self.create_plates is not None:
             plates = self.create_plates(*args, **kwargs)
             plates = plates if isinstance(plates, (list, tuple)) else [plates]
@@ -97,7 +124,16 @@ class MAPAGuide:
             info = peek_index_site(self.model, self.site, self.plate, args, kwargs)
             self.check_model_site(info.site, info.plate_size)
             return pyro.plate(self.plate, n, subsample=info.subsample, dim=info.plate_dim)
-        return pyro.plate(self.plate, n)
+        plate = pyro.plate(self.plate, n)  # an enclosing handler may condition its subsample
+        if plate.subsample_size == n and not self._subsample_supplied:
+            warnings.warn(
+                f"MAPAGuide cannot see the model's minibatch (no rows=, model= or create_plates=), so it samples "
+                f"{self.site!r} for all N={n} rows; with Trace_ELBO and a subsampling model pass "
+                "MAPAGuide(..., model=model) or call with rows= (this also silences the warning for a full-batch model)",
+                UserWarning,
+                stacklevel=3,
+            )
+        return plate
 
     def check_model_site(self, site: dict, plate_size: int) -> None:
         """Raises ``ValueError`` if the model's index site or plate does not match the table."""
@@ -179,9 +215,14 @@ class MAPAGuide:
         r = self.table.rows(rows)
         return TableCategorical(r.indices, r.log_probs, self.table.num_categories)
 
-    def __call__(self, *args, **kwargs) -> Tensor:
+    def __call__(self, *args, **kwargs) -> dict[str, Tensor]:
+        """Samples the globals (if any), then the index site; returns ``{site: value}`` as an autoguide does."""
+        result = {}
+        if self.globals_guide is not None:
+            result.update(self.globals_guide(*args, **kwargs) or {})
         with self._plate(args, kwargs) as idx:
-            return pyro.sample(self.site, self.distribution(idx))
+            result[self.site] = pyro.sample(self.site, self.distribution(idx))
+        return result
 
     def __repr__(self) -> str:
         return f"MAPAGuide({self.table!r}, site={self.site!r}, plate={self.plate!r})"

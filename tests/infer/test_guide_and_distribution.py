@@ -246,8 +246,10 @@ def test_guide_via_condition_on_plate_site():
 
 
 def test_plain_guide_without_batch_covers_all_rows():
+    """With nothing telling it the minibatch, the guide samples every row, and warns (it may be wrong)."""
     model, x, table = setup()
-    tr = poutine.trace(MAPAGuide(table)).get_trace()
+    with pytest.warns(UserWarning, match="cannot see the model's minibatch"):
+        tr = poutine.trace(MAPAGuide(table)).get_trace()
     check_guide_site(tr, table, torch.arange(NUM))
 
 
