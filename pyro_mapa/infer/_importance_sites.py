@@ -58,16 +58,16 @@ def detect_data_plate(guide_trace) -> str | None:
     """The data plate: the outermost plate of the guide's latent sites (``None``: no latent in a plate).
 
     Every latent site inside some plate must have the same outermost plate, else the choice is
-    ambiguous and a ``ValueError`` asks for ``plate=``. Latent sites outside every plate do not
+    ambiguous and a ``ValueError`` asks for ``plate=`` (unless a site is not reparameterizable:
+    :func:`importance_terms` then refuses that first). Latent sites outside every plate do not
     take part (they are globals).
     """
-    check_reparameterized(guide_trace)
     outermost: dict[str, str] = {}
     for name, site in _latent_guide_sites(guide_trace):
         frames = _frames(site)
         if frames:
             outermost.setdefault(frames[0].name, name)
-    if len(outermost) > 1:
+    if len(outermost) > 1 and all(getattr(s["fn"], "has_rsample", False) for _, s in _latent_guide_sites(guide_trace)):
         listed = ", ".join(f"{plate!r} (site {site!r})" for plate, site in outermost.items())
         raise ValueError(
             f"the guide's latent sites sit in different outermost plates: {listed}; pass "
@@ -212,23 +212,32 @@ def importance_terms(
                 global_values.append(g_site["value"])
             continue
         scale = scalar_scale(ref)
-        if isinstance(scale, Tensor):
-            raise ValueError(
-                f"site {name!r} in the data plate {plate!r} has a scale of shape {tuple(scale.shape)}; "
-                "a per-point bound needs one number (e.g. poutine.scale(scale=0.5))"
-            )
-        if plate_scale is None:
-            plate_scale = scale
-        elif not same_scale(scale, plate_scale):
-            raise ValueError(f"all sites in plate {plate!r} must share one scale (site {name!r} differs)")
+        inside = p == 1  # one particle: the log-mean-exp is the identity, each site's scale goes inside
+        if not inside:
+            if isinstance(scale, Tensor):
+                raise ValueError(
+                    f"site {name!r} in the data plate {plate!r} has a scale of shape {tuple(scale.shape)}; "
+                    "a per-point bound needs one number (e.g. poutine.scale(scale=0.5)), or num_particles=1"
+                )
+            if plate_scale is None:
+                plate_scale = scale
+            elif not same_scale(scale, plate_scale):
+                raise ValueError(
+                    f"all sites in plate {plate!r} must share one scale (site {name!r} differs): with more than "
+                    "one particle the scale multiplies each point's log-mean-exp; use num_particles=1 for "
+                    "per-site scales"
+                )
         key = None if frame.dim is not None else frame.counter
         shape = (p, frame.size) if frame.dim is not None else (p,)
         for site, sign, detachable in parts:
             f = plate_frame(site, plate)
-            lp = reduce_to_particle_point(site_log_prob(site), particle_dim, f.dim, shape)
+            lp = _scaled(site_log_prob(site), site) if inside else site_log_prob(site)
+            lp = reduce_to_particle_point(lp, particle_dim, f.dim, shape)
             acc.add(key, sign * lp)
             if detachable and detach_guide_params:
-                lp = scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), 1.0, site["mask"])
+                lp = scale_and_mask(
+                    detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"] if inside else 1.0, site["mask"]
+                )
                 lp = reduce_to_particle_point(lp, particle_dim, f.dim, shape)
             acc_dq.add(key, sign * lp)
     scale = 1.0 if plate_scale is None else plate_scale

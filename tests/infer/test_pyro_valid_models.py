@@ -49,7 +49,7 @@ def assert_runs(model, guide, compare=True, num_particles=3, **kwargs):
     if compare:
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
-        expected = Trace_ELBO(**kwargs).loss(model, guide)
+        expected = Trace_ELBO(**{k: v for k, v in kwargs.items() if k != "plate"}).loss(model, guide)
         pyro.set_rng_seed(0)
         got = TraceIWAE_ELBO(1, **kwargs).loss(model, guide)
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-5)
@@ -366,3 +366,187 @@ def test_plate_iplate_ok(latent, loop_inside):
 
     # The outermost plate is the data plate; the other one, subsampled, sits inside each point.
     check_family(latent, make(False), make(True), INNER_SUBSAMPLE)
+
+
+# ---------------------------------------------------------------- plate stacks, nested and reused plates
+outcome("test_plate_stack_ok", refused=3)
+outcome("test_plate_stack_and_plate_ok", refused=3)
+outcome("test_nested_plate_plate_ok", refused=1)
+outcome("test_plate_reuse_ok", refused=1)
+outcome("test_nested_plate_plate_dim_error_1", error=1)
+outcome("test_nested_plate_plate_dim_error_2", error=1)
+outcome("test_nested_plate_plate_dim_error_3", error=1)
+outcome("test_nested_plate_plate_dim_error_4", error=1)
+outcome("test_nested_plate_plate_subsample_param_ok", refused=1)
+outcome("test_nonnested_plate_plate_ok", refused=1)
+
+
+@FAMILIES
+@pytest.mark.parametrize("sizes", [(3,), (3, 4), (3, 4, 5)])
+@pytest.mark.parametrize("inner", [False, True], ids=["test_plate_stack_ok", "test_plate_stack_and_plate_ok"])
+def test_plate_stack_ok(latent, sizes, inner):
+    def make(guide):
+        def fn():
+            p = param_p() if guide else torch.tensor(0.3)
+            with pyro.plate_stack("plate_stack", sizes):
+                if inner:
+                    with pyro.plate("plate", 7):
+                        pyro.sample("x", latent(p))
+                else:
+                    pyro.sample("x", latent(p))
+        return fn
+
+    check_family(latent, make(False), make(True))
+
+
+def nested(latent, p, reuse):
+    outer = pyro.plate("plate_outer", 10, 5, dim=-1)
+    inner = pyro.plate("plate_inner", 11, 6, dim=-2)
+    with outer as i:
+        pyro.sample("x", latent(p).expand_by([len(i)]))
+        if not reuse:
+            with inner as j:
+                pyro.sample("y", latent(p).expand_by([len(j), len(i)]))
+    if reuse:
+        with inner as j:
+            pyro.sample("y", latent(p).expand_by([len(j), 1]))
+        with outer as i, inner as j:
+            pyro.sample("z", latent(p).expand_by([len(j), len(i)]))
+
+
+@FAMILIES
+@pytest.mark.parametrize("reuse", [False, True], ids=["test_nested_plate_plate_ok", "test_plate_reuse_ok"])
+def test_nested_plate_plate_ok(latent, reuse):
+    def model():
+        nested(latent, torch.tensor(0.3), reuse)
+
+    def guide():
+        nested(latent, param_p(), reuse)
+
+    if latent is normal and reuse:
+        # 'y' alone in plate_inner, 'x' in plate_outer: two outermost plates, so the data plate must be named;
+        # plate_inner is then subsampled inside the points of plate_outer (refused with P > 1).
+        assert_refused(model, guide, "different outermost plates: 'plate_outer' \\(site 'x'\\), 'plate_inner'.*"
+                                     "pass TraceIWAE_ELBO\\(plate=")
+        check_family(latent, model, guide, INNER_SUBSAMPLE, plate="plate_outer")
+    else:
+        check_family(latent, model, guide, INNER_SUBSAMPLE if latent is normal else None)
+
+
+@pytest.mark.parametrize("case,match", [(1, "invalid log_prob shape"), (2, "Shape mismatch inside plate"),
+                                        (3, "invalid log_prob shape|shape mismatch"), (4, "hape mismatch inside plate")])
+def test_nested_plate_plate_dim_error(case, match):
+    def model():
+        p = torch.tensor([0.5])
+        with pyro.plate("plate_outer", 10, 5) as i:
+            pyro.sample("x", dist.Normal(p, 1.0).expand_by([len(i)] if case == 1 else [len(i), 1]))
+            with pyro.plate("plate_inner", 11, 6) as j:
+                pyro.sample("y", dist.Normal(p, 1.0).expand_by([len(i)] if case == 2 else [len(j)]))
+                z_shape = {1: [len(i), len(j)], 2: [len(i), len(j)], 3: [len(j), 1], 4: [len(i), len(i)]}[case]
+                pyro.sample("z", dist.Normal(p, 1.0).expand_by(z_shape))
+
+    assert_error(model, model, match)
+
+
+@FAMILIES
+def test_nested_plate_plate_subsample_param_ok(latent):
+    def model():
+        with pyro.plate("plate_outer", 10, 5):
+            pyro.sample("x", latent(torch.tensor(0.2)))
+            with pyro.plate("plate_inner", 11, 6):
+                pyro.sample("y", latent(torch.tensor(0.2)))
+
+    def guide():
+        assert pyro.param("p0", 0.5 * torch.ones(4, 5), event_dim=2).shape == (4, 5)
+        with pyro.plate("plate_outer", 10, 5):
+            assert pyro.param("p1", 0.5 * torch.ones(10, 3), event_dim=1).shape == (5, 3)
+            px = pyro.param("px", 0.5 * torch.ones(10), constraint=constraints.unit_interval, event_dim=0)
+            pyro.sample("x", latent(px))
+            with pyro.plate("plate_inner", 11, 6):
+                py = pyro.param("py", 0.5 * torch.ones(11, 10), constraint=constraints.unit_interval, event_dim=0)
+                assert py.shape == (6, 5)
+                pyro.sample("y", latent(py))
+
+    check_family(latent, model, guide, INNER_SUBSAMPLE)
+
+
+@FAMILIES
+def test_nonnested_plate_plate_ok(latent):
+    def make(p):
+        def fn():
+            with pyro.plate("plate_0", 10, 5) as i:
+                pyro.sample("x0", latent(p()).expand_by([len(i)]))
+            with pyro.plate("plate_1", 11, 6) as j:
+                pyro.sample("x1", latent(p()).expand_by([len(j)]))
+        return fn
+
+    model, guide = make(lambda: torch.tensor(0.3)), make(param_p)
+    if latent is normal:
+        assert_refused(model, guide, "different outermost plates.*pass TraceIWAE_ELBO\\(plate=")
+        # Named: x1 is a global of plate_0's points, drawn once per step (its plate_1 scale counted once).
+        assert_runs(model, guide, plate="plate_0")
+    else:
+        check_family(latent, model, guide)
+
+
+# ---------------------------------------------------------------- enumeration misuse, dim allocation, vectorized particles
+outcome("test_enum_discrete_misuse_warning", refused=3)
+outcome("test_dim_allocation_ok", refused=1)
+outcome("test_dim_allocation_error", error=1)
+outcome("test_vectorized_num_particles", run=1)
+
+
+@pytest.mark.parametrize("enumerate_", [None, "sequential", "parallel"])
+def test_enum_discrete_misuse_warning(enumerate_):
+    def guide():
+        pyro.sample("x", dist.Bernoulli(param_p()), infer={"enumerate": enumerate_})
+
+    assert_refused(lambda: pyro.sample("x", dist.Bernoulli(0.5)), guide, NOT_REPARAM, max_plate_nesting=0)
+
+
+@FAMILIES
+def test_dim_allocation_ok(latent):
+    def make(p):
+        def fn():
+            with pyro.plate("plate_outer", 10, 5, dim=-3):
+                x = pyro.sample("x", latent(p()))
+                with pyro.plate("plate_inner_1", 11, 6):
+                    y = pyro.sample("y", latent(p()))
+                    with pyro.plate("plate_inner_2", 12, 7):
+                        z = pyro.sample("z", latent(p()))
+                        with pyro.plate("plate_inner_3", 13, 8):
+                            q = pyro.sample("q", latent(p()))
+            shapes = [t.shape[-k:] for t, k in ((x, 3), (y, 3), (z, 3), (q, 4))]
+            assert shapes == [(5, 1, 1), (5, 1, 6), (5, 7, 6), (8, 5, 7, 6)]
+        return fn
+
+    check_family(latent, make(lambda: torch.tensor(0.3)), make(param_p), INNER_SUBSAMPLE, max_plate_nesting=4)
+
+
+def test_dim_allocation_error():
+    def model():
+        with pyro.plate("plate_outer", 10, 5, dim=-2):
+            pyro.sample("x", dist.Normal(0.0, 1.0))
+            with pyro.plate("plate_inner_1", 11, 6):
+                pyro.sample("y", dist.Normal(0.0, 1.0))
+                with pyro.plate("plate_inner_2", 12, 7, dim=-1):
+                    pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    assert_error(model, model, "collide at dim=")
+
+
+def test_vectorized_num_particles():
+    data = torch.ones(1000, 2)
+
+    def model():
+        with pyro.plate("components", 2):
+            p = pyro.sample("p", dist.Beta(torch.tensor(1.1), torch.tensor(1.1)))
+            assert p.shape == (10, 1, 2)
+            with pyro.plate("data", data.shape[0]):
+                pyro.sample("obs", dist.Bernoulli(p), obs=data)
+
+    def guide():
+        with pyro.plate("components", 2):
+            pyro.sample("p", dist.Beta(pyro.param("a", torch.tensor(1.1)), torch.tensor(1.1)))
+
+    assert_runs(model, guide, compare=False, num_particles=10, max_plate_nesting=2)
