@@ -120,6 +120,18 @@ def _subsampled_others(site: dict, plate: str | None) -> list[str]:
     ]
 
 
+def _reduce(name: str, lp: Tensor, particle_dim: int, point_dim: int | None, shape: tuple) -> Tensor:
+    """:func:`reduce_to_particle_point`, refusing a log-prob with batch dims left of the particle dim."""
+    extra = lp.shape[: max(lp.dim() + particle_dim, 0)]
+    if any(size != 1 for size in extra):
+        raise ValueError(
+            f"site {name!r} has a log_prob of shape {tuple(lp.shape)}, with batch dims left of the particle "
+            f"dim ({particle_dim}): some batch dim is not declared by a plate (e.g. an event dim of a global "
+            "used as a batch dim); declare it with pyro.plate, or use num_particles=1"
+        )
+    return reduce_to_particle_point(lp, particle_dim, point_dim, shape)
+
+
 class _Accumulator:
     """Sums per-point terms, keyed by point (``None``: vectorized, else a loop iteration's counter)."""
 
@@ -202,7 +214,7 @@ def importance_terms(
         if frame is None:
             # Global (drawn once by ShareGlobals), observed outside the data plate, or whole-trace.
             for site, sign, _ in parts:
-                lp = reduce_to_particle_point(_scaled(site_log_prob(site), site), particle_dim, None, (p,))
+                lp = _reduce(name, _scaled(site_log_prob(site), site), particle_dim, None, (p,))
                 if whole_trace:
                     acc.add(None, sign * lp.unsqueeze(-1))
                     acc_dq.add(None, sign * lp.unsqueeze(-1))
@@ -232,13 +244,13 @@ def importance_terms(
         for site, sign, detachable in parts:
             f = plate_frame(site, plate)
             lp = _scaled(site_log_prob(site), site) if inside else site_log_prob(site)
-            lp = reduce_to_particle_point(lp, particle_dim, f.dim, shape)
+            lp = _reduce(name, lp, particle_dim, f.dim, shape)
             acc.add(key, sign * lp)
             if detachable and detach_guide_params:
                 lp = scale_and_mask(
                     detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"] if inside else 1.0, site["mask"]
                 )
-                lp = reduce_to_particle_point(lp, particle_dim, f.dim, shape)
+                lp = _reduce(name, lp, particle_dim, f.dim, shape)
             acc_dq.add(key, sign * lp)
     scale = 1.0 if plate_scale is None else plate_scale
     return ImportanceTerms(acc.total(), acc_dq.total(), scale, global_lp, global_values)

@@ -550,3 +550,252 @@ def test_vectorized_num_particles():
             pyro.sample("p", dist.Beta(pyro.param("a", torch.tensor(1.1)), torch.tensor(1.1)))
 
     assert_runs(model, guide, compare=False, num_particles=10, max_plate_nesting=2)
+
+
+# ---------------------------------------------------------------- factors, masks, scales
+outcome("test_factor_in_model_ok", run=1)
+outcome("test_factor_in_guide_error", error=1)
+outcome("test_factor_in_guide_ok", run=2)
+outcome("test_reparam_ok", run=1)
+outcome("test_reparam_mask_ok", run=4)
+outcome("test_reparam_mask_plate_ok", run=5)
+outcome("test_reparam_scale_ok", run=3)
+outcome("test_reparam_scale_plate_ok", run=4)
+
+
+def test_factor_in_model_ok():
+    assert_runs(lambda: pyro.factor("f", torch.tensor(-1.5)), lambda: None)
+    assert TraceIWAE_ELBO(3).loss(lambda: pyro.factor("f", torch.tensor(-1.5)), lambda: None) == 1.5
+
+
+def test_factor_in_guide_error():
+    assert_error(lambda: None, lambda: pyro.factor("f", torch.tensor(0.0)), "missing specification of has_rsample")
+
+
+@pytest.mark.parametrize("has_rsample", [False, True])
+def test_factor_in_guide_ok(has_rsample):
+    guide = lambda: pyro.factor("f", torch.tensor(0.25), has_rsample=has_rsample)  # noqa: E731
+    assert_runs(lambda: None, guide)
+    assert TraceIWAE_ELBO(3).loss(lambda: None, guide) == 0.25  # minus (log p - log q) = -(0 - 0.25)
+
+
+def gaussian_pair(mask=True, scale=1.0):
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        with poutine.mask(mask=mask), poutine.scale(scale=scale):
+            pyro.sample("y", dist.Normal(x, 1.0), obs=torch.tensor(0.0))
+
+    def guide():
+        pyro.sample("x", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+
+    return model, guide
+
+
+def test_reparam_ok():
+    assert_runs(*gaussian_pair())
+
+
+@pytest.mark.parametrize("mask", [True, False, torch.tensor(True), torch.tensor(False)])
+def test_reparam_mask_ok(mask):
+    assert_runs(*gaussian_pair(mask=mask))
+
+
+@pytest.mark.parametrize("scale", [1, 0.1, torch.tensor(0.5)])
+def test_reparam_scale_ok(scale):
+    assert_runs(*gaussian_pair(scale=scale))
+
+
+def dirichlet_pair(mask=True, scale=1.0):
+    data = torch.randn(2, 3, generator=torch.Generator().manual_seed(0)).exp()
+    data /= data.sum(-1, keepdim=True)
+
+    def model():
+        c = pyro.sample("c", dist.LogNormal(0.0, 1.0).expand([3]).to_event(1))
+        with pyro.plate("data", len(data)), poutine.mask(mask=mask), poutine.scale(scale=scale):
+            pyro.sample("obs", dist.Dirichlet(c), obs=data)
+
+    def guide():
+        loc = pyro.param("loc", torch.zeros(3))
+        scale_ = pyro.param("scale", torch.ones(3), constraint=constraints.positive)
+        pyro.sample("c", dist.LogNormal(loc, scale_).to_event(1))
+
+    return model, guide
+
+
+@pytest.mark.parametrize("mask", [True, False, torch.tensor(True), torch.tensor(False), torch.tensor([False, True])])
+def test_reparam_mask_plate_ok(mask):
+    assert_runs(*dirichlet_pair(mask=mask))
+
+
+@pytest.mark.parametrize("scale", [1, 0.1, torch.tensor(0.5), torch.tensor([0.1, 0.9])])
+def test_reparam_scale_plate_ok(scale):
+    assert_runs(*dirichlet_pair(scale=scale))
+
+
+# ---------------------------------------------------------------- obs_mask: a per-point latent beside a global one
+outcome("test_obs_mask_ok", run=10)
+outcome("test_obs_mask_multivariate_ok", run=10)
+outcome("test_obs_mask_multivariate_error", error=1)
+MASKS = [torch.tensor(True), torch.tensor(False), torch.tensor([True]), torch.tensor([False])]
+
+
+@pytest.mark.parametrize("num_particles", [1, 2])
+@pytest.mark.parametrize("mask", MASKS + [torch.tensor([False, True, False])])
+def test_obs_mask_ok(mask, num_particles):
+    data = torch.tensor([7.0, 7.0, 7.0])
+
+    def model():
+        x = pyro.sample("x", dist.Normal(0.0, 1.0))
+        with pyro.plate("plate", len(data)):
+            y = pyro.sample("y", dist.Normal(x, 1.0), obs=data, obs_mask=mask)
+            assert ((y == data) == mask).all()
+
+    def guide():
+        x = pyro.sample("x", dist.Normal(pyro.param("loc", torch.zeros(())), 1.0))
+        with pyro.plate("plate", len(data)), poutine.mask(mask=~mask):
+            pyro.sample("y_unobserved", dist.Normal(x, 1.0))
+
+    assert_runs(model, guide, num_particles=num_particles + 1)
+
+
+@pytest.mark.parametrize("num_particles", [1, 2])
+@pytest.mark.parametrize("mask", MASKS + [torch.tensor([False, True, True, False])])
+def test_obs_mask_multivariate_ok(mask, num_particles):
+    data = torch.full((4, 3), 7.0)
+
+    def model():
+        x = pyro.sample("x", dist.MultivariateNormal(torch.zeros(3), torch.eye(3)))
+        with pyro.plate("plate", len(data)):
+            y = pyro.sample("y", dist.MultivariateNormal(x, torch.eye(3)), obs=data, obs_mask=mask)
+            assert ((y == data).all(-1) == mask).all()
+
+    def guide():
+        cov = pyro.param("cov", torch.eye(3), constraint=constraints.positive_definite)
+        x = pyro.sample("x", dist.MultivariateNormal(pyro.param("loc", torch.zeros(3)), cov))
+        with pyro.plate("plate", len(data)), poutine.mask(mask=~mask):
+            pyro.sample("y_unobserved", dist.MultivariateNormal(x, torch.eye(3)))
+
+    assert_runs(model, guide, num_particles=num_particles + 1)
+
+
+def test_obs_mask_multivariate_error():
+    data = torch.full((3, 2), 7.0)
+    mask = torch.tensor([[False, False], [False, True], [True, False]])  # includes the event shape: invalid
+
+    def model():
+        x = pyro.sample("x", dist.MultivariateNormal(torch.zeros(2), torch.eye(2)))
+        with pyro.plate("plate", len(data)):
+            pyro.sample("y", dist.MultivariateNormal(x, torch.eye(2)), obs=data, obs_mask=mask)
+
+    def guide():
+        x = pyro.sample("x", dist.MultivariateNormal(pyro.param("loc", torch.zeros(2)), torch.eye(2)))
+        with pyro.plate("plate", len(data)), poutine.mask(mask=~mask):
+            pyro.sample("y_unobserved", dist.MultivariateNormal(x, torch.eye(2)))
+
+    assert_error(model, guide, "Invalid obs_mask shape")
+
+
+# ---------------------------------------------------------------- block_plate, user plates named like particles, reparam
+outcome("test_block_plate_name_ok", run=1)
+outcome("test_block_plate_dim_ok", run=1)
+outcome("test_block_plate_missing_error", error=1)
+outcome("test_plate_shape_broadcasting", run=1)
+outcome("test_reparam_stable", run=1)
+outcome("test_ordered_logistic_plate", refused=1)
+
+
+@pytest.mark.parametrize("by", ["name", "dim"], ids=["test_block_plate_name_ok", "test_block_plate_dim_ok"])
+def test_block_plate_ok(by):
+    blocked = {"name": {"name": "plate"}, "dim": {"dim": -1}}[by]
+
+    def model():
+        a = pyro.sample("a", dist.Normal(0.0, 1.0))
+        assert a.shape == ()  # a global: drawn once per step, whatever the number of particles
+        with pyro.plate("plate", 2):
+            assert pyro.sample("b", dist.Normal(a, 1.0)).shape[-1:] == (2,)
+            with poutine.block_plate(**blocked) if hasattr(poutine, "block_plate") else _block(**blocked):
+                assert pyro.sample("c", dist.Normal(0.0, 1.0)).shape == ()
+
+    def guide():
+        assert pyro.sample("c", dist.Normal(pyro.param("c_loc", torch.tensor(0.5)), 1.0)).shape == ()
+        with pyro.plate("plate", 2):
+            pyro.sample("b", dist.Normal(pyro.param("b_loc", torch.tensor(0.5)), 1.0))
+            with poutine.block_plate(**blocked) if hasattr(poutine, "block_plate") else _block(**blocked):
+                assert pyro.sample("a", dist.Normal(pyro.param("a_loc", torch.tensor(0.5)), 1.0)).shape == ()
+
+    assert_runs(model, guide)
+
+
+def _block(**kwargs):
+    from pyro.poutine.plate_messenger import block_plate
+
+    return block_plate(**kwargs)
+
+
+def test_block_plate_missing_error():
+    def model():
+        with _block(name="plate"):
+            pyro.sample("a", dist.Normal(0, 1))
+
+    assert_error(model, lambda: pyro.sample("a", dist.Normal(0, 1)), "block_plate matched 0 messengers")
+
+
+def test_plate_shape_broadcasting():
+    data = torch.ones(1000, 2)
+
+    def model():
+        with pyro.plate("num_particles", 10, dim=-3):
+            with pyro.plate("components", 2, dim=-1):
+                p = pyro.sample("p", dist.Beta(torch.tensor(1.1), torch.tensor(1.1)))
+                assert p.shape[-3:] == (10, 1, 2)
+            with pyro.plate("data", data.shape[0], dim=-2):
+                pyro.sample("obs", dist.Bernoulli(p), obs=data)
+
+    def guide():
+        with pyro.plate("num_particles", 10, dim=-3), pyro.plate("components", 2, dim=-1):
+            pyro.sample("p", dist.Beta(pyro.param("a", torch.tensor(1.1)), torch.tensor(1.1)))
+
+    assert_runs(model, guide)
+
+
+def test_reparam_stable():
+    @poutine.reparam(config={"z": LatentStableReparam()})
+    def model():
+        stability = pyro.sample("stability", dist.Uniform(0.0, 2.0))
+        skew = pyro.sample("skew", dist.Uniform(-1.0, 1.0))
+        y = pyro.sample("z", dist.Stable(stability, skew))
+        pyro.sample("x", dist.Poisson(y.abs()), obs=torch.tensor(1.0))
+
+    def guide():
+        pyro.sample("stability", dist.Delta(pyro.param("stability_map", torch.tensor(1.5))))
+        pyro.sample("skew", dist.Delta(torch.tensor(0.0)))
+        pyro.sample("z_uniform", dist.Delta(torch.tensor(0.1)))
+        pyro.sample("z_exponential", dist.Delta(torch.tensor(1.0)))
+
+    assert_runs(model, guide)
+
+
+def test_ordered_logistic_plate():
+    n, k = 5, 4
+    data = torch.tensor([0.0, 3.0, 1.0, 2.0, 1.0])
+
+    def model():
+        predictor = pyro.sample("predictor", dist.Normal(0.0, 1.0).expand([n]).to_event(1))
+        cutpoints = pyro.sample("cutpoints", dist.Normal(0.0, 1.0).expand([k - 1]).to_event(1))
+        with pyro.plate("obs_plate", n):
+            pyro.sample("obs", dist.OrderedLogistic(predictor, torch.sort(cutpoints, dim=-1).values), obs=data)
+
+    def guide():
+        pyro.sample("predictor", dist.Normal(pyro.param("pred_mu", torch.zeros(n)), 1.0).to_event(1))
+        pyro.sample("cutpoints", dist.Normal(pyro.param("cp_mu", torch.zeros(k - 1)), 1.0).to_event(1))
+
+    # One particle runs; with more, the predictor's event dim (size n) becomes the obs site's batch dim
+    # beside the particle dim, left of the plates: refused rather than summed over the wrong dims.
+    assert_runs(model, guide, num_particles=1)
+    assert_refused(model, guide, "site 'obs' has a log_prob of shape \\(3, 3, 5\\), with batch dims left of")
+
+
+def test_all_122_trace_elbo_cases_are_accounted_for():
+    totals = {kind: sum(o[kind] for o in OUTCOMES.values()) for kind in ("run", "refused", "error")}
+    assert sum(totals.values()) == 122
+    assert totals == {"run": 50, "refused": 50, "error": 22}
