@@ -8,6 +8,8 @@
   standard error and keeping the log-weights for diagnostics.
 - The latent posterior (:mod:`.latent_posterior`): :math:`p_\\theta(z \\mid x)` on a grid for ``d ≤ 2``,
   the differentiable grid log-likelihood (LiBI's stage 1), KL(q(z|x) ‖ p_θ(z|x)).
+- A user's own Pyro model (:mod:`.pyro_model`): a recovered prior put in place of a site's
+  prior by a handler, the per-point log joint, grid and importance-sampling log-likelihoods.
 """
 
 from .exact import (
@@ -17,7 +19,7 @@ from .exact import (
     quadrature_log_likelihood,
 )
 from .fit_proposal import fit_proposal
-from .importance import ImportanceEstimate, importance_log_likelihood, stratified_iwae_bound
+from .importance import ImportanceEstimate, importance_from_log_joint, importance_log_likelihood, stratified_iwae_bound
 from .index_loglik import index_log_likelihood, log_mixture_likelihood
 from .latent_posterior import (
     GridMassError,
@@ -32,6 +34,13 @@ from .latent_posterior import (
     standard_normal_log_prob,
 )
 from .proposal import MixtureProposal, Proposal
+from .pyro_model import (
+    PyroModelJoint,
+    WithPriorMessenger,
+    model_grid_log_likelihood,
+    model_importance_log_likelihood,
+    with_prior,
+)
 
 __all__ = [
     "GridMassError",
@@ -45,6 +54,12 @@ __all__ = [
     "latent_grid",
     "standard_normal_log_prob",
     "ImportanceEstimate",
+    "PyroModelJoint",
+    "WithPriorMessenger",
+    "importance_from_log_joint",
+    "model_grid_log_likelihood",
+    "model_importance_log_likelihood",
+    "with_prior",
     "MixtureProposal",
     "Proposal",
     "empirical_log_likelihood",

@@ -34,6 +34,7 @@ def fit_proposal(
     prior_samples: Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
+    joint: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> MixtureProposal:
     """Fits an amortized :class:`MixtureProposal` to a frozen model by maximizing the IWAE bound.
 
@@ -74,6 +75,9 @@ def fit_proposal(
         seed: Seeds the initialization, minibatches and draws (the global RNG
             state is left untouched).
         progress: Show a tqdm progress bar.
+        joint: Optional per-point log joint ``joint(x, z) -> (..., n)`` of any model, in
+            place of ``decode``, ``log_prior`` and ``likelihood`` (pass ``None`` for those),
+            e.g. :class:`~pyro_mapa.evaluation.PyroModelJoint` for a Pyro model.
 
     Returns:
         The fitted proposal in eval mode, with ``history``: the mean minibatch bound
@@ -142,7 +146,7 @@ def fit_proposal(
                 order, cursor = torch.randperm(n, generator=g).to(x.device), 0
             xb = x[order[cursor : cursor + batch_size]]
             cursor += batch_size
-        bound = stratified_iwae_bound(xb, decode, log_prior, likelihood, proposal, num_per_component, dg)
+        bound = stratified_iwae_bound(xb, decode, log_prior, likelihood, proposal, num_per_component, dg, joint=joint)
         bound = bound.mean()
         if not bool(torch.isfinite(bound)):
             raise NonFiniteLossError(f"the proposal's IWAE bound is {float(bound)} at step {step}")

@@ -18,7 +18,14 @@ from ..errors import check_count
 from ..models.likelihoods import Likelihood
 from .proposal import MixtureProposal, Proposal
 
-__all__ = ["ImportanceEstimate", "check_data", "importance_log_likelihood", "log_joint", "stratified_iwae_bound"]
+__all__ = [
+    "ImportanceEstimate",
+    "check_data",
+    "importance_from_log_joint",
+    "importance_log_likelihood",
+    "log_joint",
+    "stratified_iwae_bound",
+]
 
 
 class ImportanceEstimate(NamedTuple):
@@ -84,6 +91,8 @@ def stratified_iwae_bound(
     proposal: MixtureProposal,
     num_per_component: int = 1,
     generator: torch.Generator | None = None,
+    *,
+    joint: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Per-point stratified-mixture IWAE bound (Morningstar et al., 2021), differentiable in the proposal.
 
@@ -101,6 +110,10 @@ def stratified_iwae_bound(
     gradient needs no score function: the mixture weights enter as :math:`\\alpha_k`
     and through :math:`q`, the draws by reparameterization.
 
+    ``joint(x, z)`` (``z`` of any leading shape, ``(..., n, d) -> (..., n)``), if given,
+    replaces ``decode``, ``log_prior`` and ``likelihood`` (then ``None``): the log joint
+    of any model, e.g. a Pyro model's (:class:`~pyro_mapa.evaluation.PyroModelJoint`).
+
     Returns:
         An ``(n,)`` tensor.
 
@@ -112,7 +125,8 @@ def stratified_iwae_bound(
     if t < 1:
         raise ValueError(f"num_per_component must be >= 1, got {t}")
     z, log_alpha = proposal.rsample_components(x, t, generator)  # (T, K, n, d), (K, n)
-    log_w = log_alpha + log_joint(x, z, decode, log_prior, likelihood) - proposal.log_prob(z, x)
+    lj = _checked_joint(joint, x, z) if joint is not None else log_joint(x, z, decode, log_prior, likelihood)
+    log_w = log_alpha + lj - proposal.log_prob(z, x)
     return torch.logsumexp(log_w.reshape(-1, x.shape[0]), dim=0) - math.log(t)
 
 
@@ -168,6 +182,37 @@ def importance_log_likelihood(
         ValueError: Malformed arguments, shapes that do not fit together, or NaN /
             ``+inf`` log-weights.
     """
+    return importance_from_log_joint(
+        x,
+        lambda xb, z: log_joint(xb, z, decode, log_prior, likelihood),
+        proposal,
+        num_samples,
+        chunk_size=chunk_size,
+        generator=generator,
+        keep_log_weights=keep_log_weights,
+    )
+
+
+def importance_from_log_joint(
+    x: Tensor,
+    joint: Callable[[Tensor, Tensor], Tensor],
+    proposal: Proposal,
+    num_samples: int = 1000,
+    *,
+    chunk_size: int = 2**16,
+    generator: torch.Generator | None = None,
+    keep_log_weights: bool = True,
+) -> ImportanceEstimate:
+    """:func:`importance_log_likelihood` for any model given as its per-point log joint.
+
+    Arguments:
+        x: ``(n, D)`` per-point features, passed to ``joint`` and to the proposal.
+        joint: ``joint(x_b, z)`` with ``z`` ``(m, b, d)`` returns ``(m, b)`` values of
+            :math:`\\log p(x_b, z)` (e.g. :class:`~pyro_mapa.evaluation.PyroModelJoint`
+            for a Pyro model).
+        proposal, num_samples, chunk_size, generator, keep_log_weights: As in
+            :func:`importance_log_likelihood`.
+    """
     x = check_data(x)
     s = check_count(num_samples, "num_samples")
     if s < 2:
@@ -195,7 +240,7 @@ def importance_log_likelihood(
                     raise ValueError(
                         f"proposal.log_prob returned shape {tuple(lq.shape)}, expected ({m}, {b})"
                     )
-                cols.append((log_joint(xb, z, decode, log_prior, likelihood) - lq).T)
+                cols.append((_checked_joint(joint, xb, z) - lq).T)
             rows.append(torch.cat(cols, dim=1))
     log_w = torch.cat(rows, dim=0)  # (n, S)
     if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
@@ -210,3 +255,12 @@ def importance_log_likelihood(
     # Every weight zero: log p-hat = -inf with no usable error estimate.
     stderr = torch.where(torch.isneginf(lse), torch.full_like(stderr, math.inf), stderr)
     return ImportanceEstimate(log_px, stderr, log_w if keep_log_weights else None)
+
+
+def _checked_joint(joint: Callable[[Tensor, Tensor], Tensor], x: Tensor, z: Tensor) -> Tensor:
+    lj = joint(x, z)
+    if not isinstance(lj, Tensor) or lj.shape != z.shape[:-1]:
+        raise ValueError(
+            f"the log joint returned shape {tuple(getattr(lj, 'shape', ()))}, expected {tuple(z.shape[:-1])}"
+        )
+    return lj
