@@ -20,6 +20,7 @@ differences, and ``az.plot_compare`` / ``az.plot_khat`` plot them.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -162,13 +163,30 @@ def pointwise_log_likelihood(
         seed: Seeds the prior recovery, the proposal fit and the draws.
         name: The model's name in error messages.
     """
-    x = check_data(x)
+    return _pointwise(model, check_data(x), "x", method, num_samples, fit_steps, seed, name)
+
+
+def _check_columns(model: Any, x: Tensor, x_name: str, name: str) -> None:
+    """A learned model knows its number of columns (its decoder's outputs): refuse other test points."""
+    columns = getattr(model, "num_columns", None)
+    if isinstance(columns, int) and x.shape[1] != columns:
+        raise ValueError(f"model {name!r}: {x_name} has {x.shape[1]} columns, the model {columns}; pass test "
+                         f"points of the training data's shape (n, {columns})")
+
+
+def _pointwise(model: Any, x: Tensor, x_name: str, method: str, num_samples: int, fit_steps: int, seed: int,
+               name: str) -> PointwiseLogLikelihood:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n = x.shape[0]
     if _is_method_setup(model):
+        data = getattr(getattr(model, "model", None), "data", None)
+        if isinstance(data, Tensor) and data.dim() == 2 and data.shape[1] != x.shape[1]:
+            raise ValueError(f"model {name!r}: {x_name} has {x.shape[1]} columns, the model {data.shape[1]}; "
+                             f"pass test points of the training data's shape (n, {data.shape[1]})")
         model = model.learned_model(seed=seed)
     if _is_learned_model(model):
+        _check_columns(model, x, x_name, name)
         if method == "importance" or (method == "auto" and model.latent_dim > 2):
             return _from_estimate(_importance(model, x, num_samples, fit_steps, seed), n, name)
         values = model.log_prob(x)
@@ -226,8 +244,12 @@ def compare(
 
     Raises:
         TypeError: ``models`` not a dict, a non-string name, or a model of no known kind.
-        ValueError: An empty ``models``, malformed ``x_test``, or a model whose
-            log-likelihood is not finite on some test point.
+        ValueError: An empty ``models``, malformed ``x_test`` (NaN or inf included, or another
+            number of columns than a learned model's), or a model whose log-likelihood is not
+            finite on some test point.
+
+    Warns:
+        UserWarning: ``x_test`` has a single row (``se`` and ``dse`` are then 0 and meaningless).
     """
     if not isinstance(models, Mapping):
         raise TypeError(f"models must be a dict {{name: model}}, e.g. {{'MAPA': mapa, 'VAE': vae}}; "
@@ -235,12 +257,19 @@ def compare(
     if not models:
         raise ValueError("models must be a non-empty dict {name: model}, e.g. {'MAPA': mapa, 'VAE': vae}")
     x_test = check_data(x_test, "x_test")
+    if x_test.shape[0] < 2:
+        warnings.warn(
+            f"compare got {x_test.shape[0]} test point: the standard errors se and dse are sqrt(n Var_n) of the "
+            "pointwise values, 0 for a single point, and say nothing; pass at least 2 (better hundreds of) "
+            "held-out points for a ranking with uncertainty",
+            UserWarning,
+            stacklevel=2,
+        )
     pointwise, elpds = {}, {}
     for name, model in models.items():
         if not isinstance(name, str):
             raise TypeError(f"model names must be strings, got {name!r}")
-        pw = pointwise_log_likelihood(model, x_test, method=method, num_samples=num_samples,
-                                      fit_steps=fit_steps, seed=seed, name=name)
+        pw = _pointwise(model, x_test, "x_test", method, num_samples, fit_steps, seed, name)
         bad = ~torch.isfinite(pw.log_px)
         if bool(bad.any()):
             raise ValueError(f"model {name!r}: log p(x) is not finite on {int(bad.sum())} test point(s), "

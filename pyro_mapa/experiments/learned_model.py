@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import as_data_tensor, check_positive_int
 from ..evaluation import (
     fit_proposal,
     grid_log_likelihood,
@@ -15,6 +16,7 @@ from ..evaluation import (
     quadrature_log_likelihood,
 )
 from ..models import Likelihood
+from ..models.vae import check_decoder_input
 from ..priors import GaussianCopulaPrior
 
 __all__ = ["LearnedModel"]
@@ -27,12 +29,39 @@ class LearnedModel:
     ``prior`` is ``None`` (standard normal), a :class:`~pyro_mapa.priors.GaussianCopulaPrior`
     (``z = T(u)``, ``u ~ N(0, 1)``) or any prior with ``log_prob`` and ``sample`` (e.g.
     :class:`~pyro_mapa.priors.FlowPrior`).
+
+    When built, the decoder is run once on a ``(1, latent_dim)`` code: a decoder of another
+    input size is refused (naming both sizes), and its output size is kept as
+    ``num_columns``, against which test points are checked.
     """
 
     decoder: nn.Module
     likelihood: Likelihood
     prior: object | None = None
     latent_dim: int = 1
+
+    def __post_init__(self) -> None:
+        self.latent_dim = check_positive_int(self.latent_dim, "latent_dim")
+        self.num_columns: int | None = None
+        if isinstance(self.decoder, nn.Module):
+            self.num_columns = check_decoder_input(self.decoder, self.latent_dim)
+
+    def check_points(self, x, name: str = "x") -> Tensor:
+        """``x`` as an ``(n, D)`` tensor of finite values with the model's number of columns.
+
+        Raises:
+            TypeError, ValueError: not a tensor (or NumPy array) of shape ``(n, D)``; a row with
+                NaN or inf; another number of columns than the decoder outputs.
+        """
+        x = as_data_tensor(x, name)
+        if x.dim() != 2:
+            raise ValueError(f"{name} must have shape (n, D), got shape {tuple(x.shape)}")
+        if self.num_columns is not None and x.shape[1] != self.num_columns:
+            raise ValueError(
+                f"{name} has {x.shape[1]} columns, the model {self.num_columns} (its decoder's outputs): pass "
+                f"points of the training data's shape (n, {self.num_columns})"
+            )
+        return x
 
     def decode(self, u: Tensor) -> Tensor:
         """Decoder outputs for standard-normal ``u`` (copula) or for codes ``z`` (other priors)."""
@@ -49,9 +78,10 @@ class LearnedModel:
     def log_prob(self, x: Tensor, num_points: int | None = None) -> Tensor:
         """Exact per-point ``log p(x)`` by quadrature, for ``d = 1`` (in ``u``) or ``d = 2`` (on a grid in ``z``).
 
-        For ``d > 2`` use :meth:`importance_log_prob`.
+        For ``d > 2`` use :meth:`importance_log_prob`. Rows with NaN or inf, and points of
+        another number of columns than the model's, are refused.
         """
-        x64 = x.to(torch.float64)
+        x64 = self.check_points(x).to(torch.float64)
         dec64 = _Float64(self)
         if self.latent_dim == 1 and (self.prior is None or isinstance(self.prior, GaussianCopulaPrior)):
             return quadrature_log_likelihood(x64, dec64, self.likelihood, num_points=num_points or 4001,
@@ -77,6 +107,7 @@ class LearnedModel:
         Returns:
             :class:`~pyro_mapa.evaluation.ImportanceEstimate` (``log_px``, ``stderr``, ``log_weights``).
         """
+        x = self.check_points(x)
         if isinstance(self.prior, GaussianCopulaPrior):
             decode, log_prior = self.decode, LearnedModel(self.decoder, self.likelihood, None, self.latent_dim).log_prior
         else:

@@ -43,7 +43,10 @@ from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
 from torch import Tensor, nn
 
 from ..evaluation.index_loglik import index_log_likelihood
+from ..errors import check_positive_int
 from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from ..infer import hamiltonian_guide as hvae_defaults
+from ..infer import infovae_elbo as infovae_defaults
 from ..models import (
     AmortizedCodebook,
     EmpiricalizedModel,
@@ -72,9 +75,13 @@ OPTION_GRIDS: dict[str, list[dict]] = {
     "InfoVAE": [{"alpha": 1.0, "lambda_": 1.0}, {"alpha": 0.0, "lambda_": 10.0}, {"alpha": 1.0, "lambda_": 10.0}],
     "HVAE": [{"num_leapfrog": 1, "tempering": "learned"}, {"num_leapfrog": 5, "tempering": "learned"}],
 }
+# InfoVAE's and HVAE's defaults are their classes' (one source: TraceInfoVAE_ELBO() and HamiltonianGuide(...)
+# without options build exactly the registry's method).
 DEFAULT_OPTIONS: dict[str, dict] = {
-    "InfoVAE": {"alpha": 1.0, "lambda_": 10.0, "kernel": "imq", "bandwidth": 1.0},
-    "HVAE": {"num_leapfrog": 5, "tempering": "learned", "beta0": 0.5, "step_size": 0.1},
+    "InfoVAE": {"alpha": infovae_defaults.DEFAULT_ALPHA, "lambda_": infovae_defaults.DEFAULT_LAMBDA,
+                "kernel": infovae_defaults.DEFAULT_KERNEL, "bandwidth": infovae_defaults.DEFAULT_BANDWIDTH},
+    "HVAE": {"num_leapfrog": hvae_defaults.DEFAULT_NUM_LEAPFROG, "tempering": hvae_defaults.DEFAULT_TEMPERING,
+             "beta0": hvae_defaults.DEFAULT_BETA0, "step_size": hvae_defaults.DEFAULT_STEP_SIZE},
     "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
     "LiBI": {"stage1_fraction": 0.75},
 }
@@ -105,13 +112,26 @@ class MethodSetup:
     trainer: Callable[..., FitResult] | None = None
     options: dict | None = None
 
-    def train(self, num_points: int, *, epochs: int, batch_size: int, lr: float, seed: int,
-              progress: bool = False) -> FitResult:
-        """Trains the method: :func:`~pyro_mapa.training.fit` on (model, guide, loss), or its own trainer (LiBI)."""
+    def train(self, num_points: int | None = None, *, epochs: int = 200, batch_size: int = 100, lr: float = 1e-3,
+              seed: int | None = 0, progress: bool = True, num_threads: int | None = None) -> FitResult:
+        """Trains the method: :func:`~pyro_mapa.training.fit` on (model, guide, loss), or its own trainer (LiBI).
+
+        The defaults are :func:`~pyro_mapa.training.fit`'s; ``num_points`` is read off the
+        model when left out. ``progress`` shows a bar named after the method, left on screen;
+        ``num_threads`` is the thread policy of :mod:`pyro_mapa.training.threads` (one thread
+        unless ``OMP_NUM_THREADS`` is set). LiBI's result marks each epoch's stage
+        (``FitResult.epoch_stages``): its two stages' losses are of different objectives.
+        """
         if self.trainer is not None:
-            return self.trainer(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+            if num_points is not None and num_points != len(self.model.data):
+                raise ValueError(
+                    f"num_points={num_points} but the model's data has {len(self.model.data)} rows; pass "
+                    f"num_points={len(self.model.data)} (or leave it out)"
+                )
+            return self.trainer(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=progress,
+                                num_threads=num_threads)
         return fit(self.model, self.guide, self.loss, num_points, epochs=epochs, batch_size=batch_size, lr=lr,
-                   seed=seed, progress=progress)
+                   seed=seed, progress=progress, desc=self.name, num_threads=num_threads)
 
     def learned_model(self, flow_steps: int = 2000, seed: int = 0) -> LearnedModel:
         """The original generative model this method defines, after training.
@@ -133,18 +153,21 @@ class MethodSetup:
 
 
 def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction):
-    def train(*, epochs: int, batch_size: int, lr: float, seed: int, progress: bool) -> FitResult:
+    def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
+              num_threads: int | None) -> FitResult:
+        check_positive_int(epochs, "epochs")
         stage1 = max(1, round(fraction * epochs))
         res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, stage1_epochs=stage1,
                        stage2_epochs=max(1, epochs - stage1), batch_size=batch_size, lr=lr, hidden=tuple(hidden),
-                       seed=seed, progress=progress)
+                       seed=seed, progress=progress, num_threads=num_threads)
         setup = setup_box[0]
         setup.model, setup.guide, setup.loss = res.model, res.guide, res.stage2_loss
         s2 = res.stage2
         steps1 = stage1 * math.ceil(len(data) / batch_size)
         total = steps1 + s2.steps
         return FitResult(
-            epoch_losses=res.stage1_losses + res.stage2_losses,
+            epoch_losses=res.stage1_losses + res.stage2_losses,  # two objectives: see epoch_stages
+            epoch_stages=["stage 1"] * len(res.stage1_losses) + ["stage 2"] * len(res.stage2_losses),
             seconds_per_epoch=(res.stage1_seconds + s2.seconds_per_epoch * len(s2.epoch_losses)) / epochs,
             encoder_passes_per_point=s2.encoder_passes_per_point * s2.steps / total,
             decoder_passes_per_point=(res.stage1_decoder_passes_per_point * steps1
@@ -190,6 +213,7 @@ def build_method(
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     opts = {**DEFAULT_OPTIONS.get(name, {}), **(options or {})}
+    latent_dim = check_positive_int(latent_dim, "latent_dim")  # MAPA's codebook would train d = 0 codes
     torch.manual_seed(seed)
     n, d_obs = data.shape
     if name in ("LIDVAE", "MAPA-LIDVAE"):

@@ -38,11 +38,27 @@ from pyro import poutine
 from torch import Tensor, nn
 
 from ..errors import NonFiniteLossError, check_count, check_positive_int
+from ..models.vae import check_same_data
 from ._pyro_compat import get_plates
 
-__all__ = ["HamiltonianGuide", "leapfrog_flow", "tempering_schedule"]
+__all__ = [
+    "DEFAULT_BETA0",
+    "DEFAULT_NUM_LEAPFROG",
+    "DEFAULT_STEP_SIZE",
+    "DEFAULT_TEMPERING",
+    "HamiltonianGuide",
+    "leapfrog_flow",
+    "tempering_schedule",
+]
 
 TEMPERINGS = ("none", "fixed", "learned")
+#: The defaults of :class:`HamiltonianGuide`, also the ``"HVAE"`` method's in the registry
+#: (:data:`pyro_mapa.experiments.methods.DEFAULT_OPTIONS`): 5 leapfrog steps of initial size 0.1,
+#: learned tempering from β₀ = 0.5 (the paper's best variant; β₀ = 1 when ``tempering="none"``).
+DEFAULT_NUM_LEAPFROG = 5
+DEFAULT_STEP_SIZE = 0.1
+DEFAULT_TEMPERING = "learned"
+DEFAULT_BETA0 = 0.5
 StepSize = float | Sequence[float] | Tensor
 
 
@@ -146,9 +162,11 @@ def _check_step_size(step_size: StepSize, latent_dim: int, like: Tensor) -> Tens
     return eps.expand(latent_dim).clone()
 
 
-def _check_beta0(beta0: float, tempering: str, num_leapfrog: int) -> float:
+def _check_beta0(beta0: float | None, tempering: str, num_leapfrog: int) -> float:
     if tempering not in TEMPERINGS:
         raise ValueError(f"tempering must be one of {TEMPERINGS}, got {tempering!r}")
+    if beta0 is None:
+        beta0 = 1.0 if tempering == "none" else DEFAULT_BETA0
     beta0 = float(beta0)
     if not math.isfinite(beta0) or not 0 < beta0 <= 1:
         raise ValueError(
@@ -166,7 +184,8 @@ def _check_beta0(beta0: float, tempering: str, num_leapfrog: int) -> float:
         )
     if num_leapfrog == 0 and beta0 != 1:
         raise ValueError(
-            "tempering with beta0 < 1 needs num_leapfrog >= 1 (the schedule must end at β_K = 1)"
+            "tempering with beta0 < 1 needs num_leapfrog >= 1 (the schedule must end at β_K = 1); "
+            "for num_leapfrog=0 (the mean-field guide) pass tempering='none'"
         )
     return beta0
 
@@ -196,12 +215,15 @@ class HamiltonianGuide(nn.Module):
         model: The model (e.g. :class:`~pyro_mapa.VAEModel`), called as ``model(batch_idx)``. It is
             referenced, not registered as a submodule (so ``guide.to(...)`` does not move it).
         latent_dim: ``d``.
-        data: ``(N, D)`` observations, the model's.
-        num_leapfrog: ``K >= 0``; ``K = 0`` with β₀ = 1 is the mean-field guide.
-        step_size: Initial ``ε`` in ``(0, 0.5)``, a float or ``(d,)``.
+        data: ``(N, D)`` observations, the model's: when the model holds its data (``model.data``,
+            as :class:`~pyro_mapa.VAEModel`), the same tensor or equal values, else a ``ValueError``.
+        num_leapfrog: ``K >= 0`` (default 5); ``K = 0`` with ``tempering="none"`` is the mean-field guide.
+        step_size: Initial ``ε`` in ``(0, 0.5)``, a float or ``(d,)`` (default 0.1).
         beta0: Initial inverse temperature β₀ ∈ (0, 1] (must be 1 for ``tempering="none"``, < 1 for
             ``"learned"``, where β₀ = sigmoid(r)). β₀ < 1 starts hot and cools, as in the paper.
-        tempering: ``"none"`` (β₀ = 1), ``"fixed"`` (constant β₀) or ``"learned"``.
+            Default ``None``: 0.5, or 1 for ``tempering="none"``.
+        tempering: ``"learned"`` (default; β₀ learned), ``"fixed"`` (constant β₀) or ``"none"`` (β₀ = 1).
+            The defaults are the registry's ``"HVAE"`` settings (:data:`DEFAULT_NUM_LEAPFROG` and the others).
         learn_step_size: Learn ``ε`` (per dimension) or keep it fixed.
         site, plate: Names of the model's latent site and data plate.
         max_grad_norm: ``None`` or a positive clip on each point's ``‖∇U‖``.
@@ -215,10 +237,10 @@ class HamiltonianGuide(nn.Module):
         *,
         latent_dim: int,
         data: Tensor,
-        num_leapfrog: int = 5,
-        step_size: StepSize = 0.2,
-        beta0: float = 1.0,
-        tempering: str = "none",
+        num_leapfrog: int = DEFAULT_NUM_LEAPFROG,
+        step_size: StepSize = DEFAULT_STEP_SIZE,
+        beta0: float | None = None,
+        tempering: str = DEFAULT_TEMPERING,
         learn_step_size: bool = True,
         site: str = "z",
         plate: str = "data",
@@ -232,6 +254,9 @@ class HamiltonianGuide(nn.Module):
             raise TypeError(f"model must be callable (a Pyro model), got {type(model).__name__}")
         if not isinstance(data, Tensor) or data.dim() < 1 or len(data) == 0:
             raise ValueError("data must be a non-empty (N, ...) tensor of observations")
+        model_data = getattr(model, "data", None)
+        if isinstance(model_data, Tensor):
+            check_same_data(data, model_data, "HamiltonianGuide")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.num_leapfrog = check_count(num_leapfrog, "num_leapfrog")
         self.tempering = tempering

@@ -13,9 +13,26 @@ from torch import Tensor
 from ..errors import NonFiniteLossError, check_positive_int
 from ._pyro_compat import QuietNestingGuess, get_importance_trace
 
-__all__ = ["TraceInfoVAE_ELBO", "imq_kernel", "mmd_u_statistic", "rbf_kernel"]
+__all__ = [
+    "DEFAULT_ALPHA",
+    "DEFAULT_BANDWIDTH",
+    "DEFAULT_KERNEL",
+    "DEFAULT_LAMBDA",
+    "TraceInfoVAE_ELBO",
+    "imq_kernel",
+    "mmd_u_statistic",
+    "rbf_kernel",
+]
 
 KernelFn = Callable[[Tensor, Tensor, float], Tensor]
+
+#: The defaults of :class:`TraceInfoVAE_ELBO`, also the ``"InfoVAE"`` method's in the registry
+#: (:data:`pyro_mapa.experiments.methods.DEFAULT_OPTIONS`). α = 1 drops the KL term's mutual
+#: information penalty (the paper's MMD-VAE); λ = 10 weights the MMD by α + λ − 1 = 10.
+DEFAULT_ALPHA = 1.0
+DEFAULT_LAMBDA = 10.0
+DEFAULT_KERNEL = "imq"
+DEFAULT_BANDWIDTH = 1.0
 
 
 def _squared_distances(x: Tensor, y: Tensor) -> Tensor:
@@ -152,7 +169,21 @@ class TraceInfoVAE_ELBO(QuietNestingGuess, ELBO):
     scaled by each site's own scale, exactly as ``Trace_ELBO`` (so ``alpha=0, lambda_=1`` *is*
     ``Trace_ELBO`` on the same draws), and :math:`N` is read off the trace as
     :math:`|B| \\times` the latent site's scale, so λ means the same at every batch size.
-    :math:`\\mathrm{MMD}^2_u` (:func:`mmd_u_statistic`) is unbiased, hence so is the loss.
+
+    What it estimates. With the minibatch drawn uniformly without replacement (as
+    :func:`~pyro_mapa.training.fit` does), the per-point part is unbiased for its full-data
+    sum, and :math:`\\mathrm{MMD}^2_u` (:func:`mmd_u_statistic`) has expectation
+
+    .. math::
+        \\frac{1}{N(N-1)} \\sum_{n \\ne m} \\mathbb E\\, k(z_n, z_m) + \\mathbb E\\, k(z', z'')
+            - \\frac{2}{N} \\sum_n \\mathbb E\\, k(z_n, z'), \\qquad z_n \\sim q(z \\mid x_n),\\ z', z'' \\sim p,
+
+    the same for every batch size: the loss is an unbiased estimate of the full-batch
+    (:math:`B = N`) loss. It is *not* unbiased for :math:`N(\\alpha+\\lambda-1)\\,\\mathrm{MMD}^2(q_{\\rm agg}, p)`,
+    whose first term also counts the pairs :math:`n = m` (two independent draws from one
+    :math:`q(z \\mid x_n)`): the loss's expectation is lower by
+    :math:`\\frac{N(\\alpha+\\lambda-1)}{N-1}\\big(\\frac1N \\sum_n \\mathbb E\\, k(z_n, z_n') - \\frac1{N^2}\\sum_{n,m} \\mathbb E\\, k(z_n, z_m')\\big)`,
+    a term of order 1 next to an MMD part of order :math:`N`.
     InfoVAE is not a bound on :math:`\\log p(x)`; evaluate models by exact log-likelihood.
 
     Requirements: exactly one latent sample site, inside the data plate (vectorized), with a
@@ -166,8 +197,13 @@ class TraceInfoVAE_ELBO(QuietNestingGuess, ELBO):
     is skipped (no prior draws, any batch size).
 
     Arguments:
-        alpha: α, any finite real: the KL weight is ``1 − α``.
-        lambda_: λ >= 0: the MMD weight is ``α + λ − 1``.
+        alpha: α <= 1 (default 1, the paper's MMD-VAE): the KL weight is ``1 − α``. Above 1 the
+            weight is negative and the loss rewards :math:`\\mathrm{KL}(q(z \\mid x) \\| p(z))` without
+            bound (a guide shrinking to a point mass drives it to −∞), so it is refused. α < 0
+            (penalising the mutual information more than the ELBO does) is allowed.
+        lambda_: λ > 0 (default 10), as the paper requires: the MMD weight is ``α + λ − 1``.
+            ``alpha=0, lambda_=1`` is exactly ``Trace_ELBO`` (use that instead). The defaults are
+            the registry's ``"InfoVAE"`` settings (:data:`DEFAULT_ALPHA`, :data:`DEFAULT_LAMBDA`).
         kernel: ``"imq"`` (default; :func:`imq_kernel`), ``"rbf"`` (:func:`rbf_kernel`) or a
             callable ``k(x, y, bandwidth)``.
         bandwidth: Kernel bandwidth ``h > 0`` (the prior's scale is a good default; 1 for N(0, I)).
@@ -185,11 +221,11 @@ class TraceInfoVAE_ELBO(QuietNestingGuess, ELBO):
 
     def __init__(
         self,
-        alpha: float = 0.0,
-        lambda_: float = 1.0,
+        alpha: float = DEFAULT_ALPHA,
+        lambda_: float = DEFAULT_LAMBDA,
         *,
-        kernel: str | KernelFn = "imq",
-        bandwidth: float = 1.0,
+        kernel: str | KernelFn = DEFAULT_KERNEL,
+        bandwidth: float = DEFAULT_BANDWIDTH,
         num_prior_samples: int | None = None,
         num_particles: int = 1,
         max_plate_nesting: float = float("inf"),
@@ -198,9 +234,15 @@ class TraceInfoVAE_ELBO(QuietNestingGuess, ELBO):
     ) -> None:
         self.alpha = _check_real(alpha, "alpha")
         self.lambda_ = _check_real(lambda_, "lambda_")
-        if self.lambda_ < 0:
+        if self.alpha > 1:
             raise ValueError(
-                f"lambda_ must be >= 0 (the MMD weight is alpha + lambda_ - 1), got {self.lambda_}"
+                f"alpha must be <= 1 (the KL weight is 1 - alpha; above 1 the loss rewards KL(q(z|x) || p(z)) "
+                f"and is unbounded below), got {self.alpha}; alpha=1 is the MMD-VAE"
+            )
+        if self.lambda_ <= 0:
+            raise ValueError(
+                f"lambda_ must be > 0 (InfoVAE needs a positive weight on the divergence; the MMD weight is "
+                f"alpha + lambda_ - 1), got {self.lambda_}; e.g. lambda_={DEFAULT_LAMBDA}"
             )
         self.kernel = _check_kernel(kernel)
         self.bandwidth = _check_bandwidth(bandwidth)

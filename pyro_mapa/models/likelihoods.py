@@ -6,6 +6,7 @@ import math
 from abc import ABC, abstractmethod
 
 import pyro.distributions as dist
+import torch
 from torch import Tensor
 
 from ..table.kernels import BernoulliKernel, GaussianKernel, ProximityKernel
@@ -29,11 +30,14 @@ class NormalLikelihood(Likelihood):
     """:math:`x \\sim \\mathcal N(f(z), \\sigma^2 I)` with fixed, known σ.
 
     Arguments:
-        sigma: Observation noise standard deviation, > 0.
+        sigma: Observation noise standard deviation, > 0: a number, a one-element tensor or
+            array, or a per-column tensor whose entries are all equal (e.g.
+            ``torch.tensor([0.05, 0.05])``), stored as a float. Per-column noise of different
+            values is refused: the MAPA kernel and the evaluations use one σ.
     """
 
-    def __init__(self, sigma: float) -> None:
-        sigma = float(sigma)
+    def __init__(self, sigma: float | Tensor) -> None:
+        sigma = _one_number(sigma, "sigma")
         if not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"sigma must be a positive finite number, got {sigma}")
         self.sigma = sigma
@@ -46,6 +50,27 @@ class NormalLikelihood(Likelihood):
 
     def __repr__(self) -> str:
         return f"NormalLikelihood(sigma={self.sigma})"
+
+
+def _one_number(value, name: str) -> float:
+    """A float from a number, or from a tensor/array whose entries are all equal."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        t = torch.as_tensor(value, dtype=torch.float64).detach().cpu().reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{name} must be a positive number (e.g. 0.05), got {type(value).__name__}") from e
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty; pass a positive number, e.g. 0.05")
+    if t.numel() > 1 and not bool((t == t[0]).all()):
+        raise ValueError(
+            f"{name} must be one number, the same noise for every column; got {t.numel()} different values "
+            f"{t.tolist()[:5]}; pass a float (e.g. {name}={float(t.max()):g}), or rescale the data's columns "
+            "to a common noise level"
+        )
+    return float(t[0])
 
 
 class BernoulliLikelihood(Likelihood):

@@ -30,13 +30,15 @@ from typing import Any
 
 import pyro
 import pyro.distributions as dist
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import as_data_tensor, as_index_tensor, call_network, check_matches_networks, check_positive_int
 from .likelihoods import BernoulliLikelihood, Likelihood, NormalLikelihood
 
-__all__ = ["MeanFieldGuide", "VAEModel", "check_decoder_output"]
+__all__ = ["MeanFieldGuide", "VAEModel", "check_decoder_input", "check_decoder_output", "check_guide_data",
+           "check_same_data"]
 
 
 class VAEModel(nn.Module):
@@ -134,3 +136,82 @@ def check_decoder_output(params: Tensor, data: Tensor, likelihood: Likelihood) -
             f"the decoder outputs {params.shape[-1]} numbers per point but the data has {data.shape[-1]} "
             f"columns; {type(likelihood).__name__} needs one per column: build it as mlp(latent_dim, {data.shape[-1]})"
         )
+
+
+def check_same_data(guide_data: Tensor, model_data: Tensor, guide_name: str) -> None:
+    """Raises unless the guide's data is the model's: the same tensor, or equal shape and values.
+
+    One comparison of the values at most (none when both are the same tensor), so call it
+    once per model/guide pair, not every step.
+
+    Raises:
+        ValueError: other shape or other values, naming the guide's ``data`` argument.
+    """
+    if guide_data is model_data:
+        return
+    fix = (
+        f"pass the model's data tensor to the guide, e.g. {guide_name}(encoder, X, latent_dim) with the X of "
+        "VAEModel(decoder, X, latent_dim, likelihood)"
+    )
+    if guide_data.shape != model_data.shape:
+        raise ValueError(
+            f"{guide_name}'s data (its data argument) has shape {tuple(guide_data.shape)} but the model's data "
+            f"has shape {tuple(model_data.shape)}: the guide's plate would scale a minibatch of B points by "
+            f"{guide_data.shape[0]}/B and the model's by {model_data.shape[0]}/B; {fix}"
+        )
+    same_storage = (
+        guide_data.device == model_data.device and guide_data.dtype == model_data.dtype
+        and guide_data.data_ptr() == model_data.data_ptr() and guide_data.stride() == model_data.stride()
+    )
+    if same_storage:
+        return
+    with torch.no_grad():
+        other = model_data.to(guide_data.device, guide_data.dtype)
+        differs = (guide_data != other).reshape(guide_data.shape[0], -1).any(1)
+    if bool(differs.any()):
+        first = int(differs.nonzero()[0, 0])
+        raise ValueError(
+            f"{guide_name}'s data (its data argument) differs from the model's data in {int(differs.sum())} of "
+            f"{guide_data.shape[0]} rows (first: row {first}): the encoder would see other points than the "
+            f"model scores; {fix}"
+        )
+
+
+def check_guide_data(model: Any, guide: Any) -> None:
+    """:func:`check_same_data` for a model and guide that both hold a ``data`` tensor (else nothing)."""
+    model_data, guide_data = getattr(model, "data", None), getattr(guide, "data", None)
+    if isinstance(model_data, Tensor) and isinstance(guide_data, Tensor):
+        check_same_data(guide_data, model_data, type(guide).__name__)
+
+
+def _expected_input_size(decoder: nn.Module) -> int | None:
+    """The input size of the decoder's first linear layer, if it has one."""
+    for module in decoder.modules():
+        if isinstance(module, nn.Linear):
+            return module.in_features
+    return None
+
+
+def check_decoder_input(decoder: nn.Module, latent_dim: int, name: str = "decoder") -> int:
+    """Runs ``decoder`` once on a ``(1, latent_dim)`` zero code; returns its output size.
+
+    Raises:
+        ValueError: the decoder cannot take ``latent_dim`` inputs, naming the size it expects.
+    """
+    p = next((q for q in decoder.parameters() if q.is_floating_point()), None)
+    z = torch.zeros(1, latent_dim, dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else None)
+    try:
+        with torch.no_grad():
+            out = decoder(z)
+    except RuntimeError as e:
+        if "shapes cannot be multiplied" not in str(e) and "size mismatch" not in str(e):
+            raise
+        expected = _expected_input_size(decoder)
+        size = f"inputs of size {expected}" if expected is not None else "inputs of another size"
+        fix = f"latent_dim={expected}" if expected is not None else "latent_dim=<the decoder's input size>"
+        raise ValueError(
+            f"the {name} expects {size} but latent_dim is {latent_dim}: pass {fix} "
+            f"or a {name} built as mlp({latent_dim}, D)"
+        ) from e
+    return int(out.shape[-1])

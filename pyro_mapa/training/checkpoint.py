@@ -21,6 +21,8 @@ import torch
 from .._io import atomic_torch_save
 
 __all__ = [
+    "check_architecture",
+    "describe_run",
     "get_rng_state",
     "load_checkpoint",
     "param_state",
@@ -87,6 +89,53 @@ def restore_params(values: dict[str, torch.Tensor]) -> None:
                     f"{tuple(target.shape)}: the checkpoint belongs to another architecture"
                 )
             target.copy_(value)
+
+
+def _kind(obj: Any) -> str:
+    """A model's, guide's or loss's kind: its class (a function: its qualified name)."""
+    if callable(obj) and hasattr(obj, "__qualname__") and not isinstance(obj, type):
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"  # a plain function
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def describe_run(model: Any, guide: Any, loss: Any) -> dict[str, str]:
+    """What a checkpoint records of the run's architecture: the model's, guide's and loss's classes."""
+    return {"model": _kind(model), "guide": _kind(guide), "loss": _kind(loss)}
+
+
+def check_architecture(
+    state: dict[str, Any], current: dict[str, str], used_params: set[str], path: str | os.PathLike = "checkpoint"
+) -> None:
+    """Refuses to resume ``state`` into a run of other classes or with parameters the checkpoint lacks.
+
+    Arguments:
+        state: A loaded checkpoint.
+        current: :func:`describe_run` of the run that resumes.
+        used_params: Names of the Pyro params the resuming model and guide use.
+        path: The checkpoint file, for messages.
+
+    Raises:
+        ValueError: another model, guide or loss class (checkpoints that record them), or a
+            parameter the model or guide uses that the checkpoint does not hold (it would keep
+            its initial value while the rest resumes, and the loss history would mix objectives).
+    """
+    saved = state.get("architecture")
+    if isinstance(saved, dict):
+        for role in ("model", "guide", "loss"):
+            if role in saved and saved[role] != current[role]:
+                raise ValueError(
+                    f"{path!s} was written by a run with {role} {saved[role]}, this run's {role} is "
+                    f"{current[role]}: the checkpoint belongs to another architecture; resume with the same "
+                    "model, guide and loss, or start afresh (resume=False or a new checkpoint file)"
+                )
+    extra = sorted(used_params - set(state.get("params", {})))
+    if extra:
+        raise ValueError(
+            f"this run's model and guide have parameters {extra[:5]} that {path!s} does not hold: the "
+            "checkpoint belongs to another architecture; resume with the same model, guide and loss, "
+            "or start afresh (resume=False or a new checkpoint file)"
+        )
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:

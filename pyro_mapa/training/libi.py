@@ -43,8 +43,9 @@ from ..evaluation.latent_posterior import LatentGrid, grid_log_marginal, importa
 from ..infer.iwae_elbo import TraceIWAE_ELBO
 from ..models.likelihoods import Likelihood
 from ..models.networks import mlp
-from ..models.vae import MeanFieldGuide, VAEModel
+from ..models.vae import MeanFieldGuide, VAEModel, check_decoder_input
 from .fit import FitResult, fit
+from .threads import torch_threads
 
 __all__ = ["LiBIResult", "fit_libi", "marginal_nll"]
 
@@ -169,6 +170,7 @@ def fit_libi(
     hidden: tuple[int, ...] = (50, 50),
     seed: int = 0,
     progress: bool = False,
+    num_threads: int | None = None,
 ) -> LiBIResult:
     """Trains ``decoder`` by LiBI: stage 1 on the log-likelihood, stage 2 an encoder on the frozen decoder.
 
@@ -191,7 +193,9 @@ def fit_libi(
         num_is_samples: Prior draws per point per step for ``"importance"``.
         seed: Seeds the encoder initialization, stage 1's minibatches, jitter and draws, and
             stage 2 (via :func:`~pyro_mapa.training.fit`, which sets Pyro's global seed).
-        progress: Show tqdm bars.
+        progress: Show tqdm bars ("LiBI stage 1", "LiBI stage 2"), left on screen.
+        num_threads: Torch intra-op threads during both stages, restored afterwards (the policy of
+            :mod:`pyro_mapa.training.threads`: default one thread unless ``OMP_NUM_THREADS`` is set).
 
     Raises:
         NonFiniteLossError: Stage 1's loss became NaN or infinite (the epoch is named).
@@ -208,6 +212,20 @@ def fit_libi(
         raise ValueError(f"lr must be a positive finite number, got {lr}")
     if encoder is not None and guide is not None:
         raise ValueError("pass encoder or guide, not both")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int (it seeds stage 1's own generator), got {seed!r}")
+    if not isinstance(decoder, nn.Module):
+        raise TypeError(f"decoder must be a torch.nn.Module (e.g. mlp(latent_dim, D)), got {type(decoder).__name__}")
+    check_decoder_input(decoder, d)
+    with torch_threads(num_threads):
+        return _fit_libi(decoder, data, likelihood, d, method, encoder, guide, stage1_epochs, stage2_epochs,
+                         stage2_loss, num_particles, batch_size, lr, num_points, grid_jitter, num_is_samples, hidden,
+                         seed, progress)
+
+
+def _fit_libi(decoder, data, likelihood, d, method, encoder, guide, stage1_epochs, stage2_epochs, stage2_loss,
+              num_particles, batch_size, lr, num_points, grid_jitter, num_is_samples, hidden, seed,
+              progress) -> LiBIResult:
     n = data.shape[0]
     gen = torch.Generator().manual_seed(seed)
     dev_gen = gen if data.device.type == "cpu" else torch.Generator(device=data.device).manual_seed(seed)
@@ -219,7 +237,7 @@ def fit_libi(
     opt = torch.optim.Adam(params, lr=lr)
     losses: list[float] = []
     start = time.perf_counter()
-    for epoch in tqdm(range(stage1_epochs), desc="LiBI stage 1", disable=not progress, leave=False):
+    for epoch in tqdm(range(stage1_epochs), desc="LiBI stage 1", disable=not progress, leave=True):
         total = data.new_zeros(())
         batches = torch.randperm(n, generator=gen).to(data.device).split(batch_size)
         for idx in batches:
@@ -261,7 +279,7 @@ def fit_libi(
     decoder.requires_grad_(False).eval()
     try:
         stage2 = fit(model, guide, loss_fn, n, epochs=stage2_epochs, batch_size=batch_size, lr=lr, seed=seed,
-                     progress=progress, desc="LiBI stage 2")
+                     progress=progress, desc="LiBI stage 2", num_threads=torch.get_num_threads())
     finally:
         for p, flag in zip(decoder.parameters(), flags):
             p.requires_grad_(flag)

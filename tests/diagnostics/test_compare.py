@@ -107,6 +107,28 @@ def test_compare_refuses_bad_input():
         pointwise_log_likelihood(good, ds.test, method="importance")
 
 
+def test_compare_names_the_column_mismatch_and_warns_on_one_test_point():
+    ds = load_dataset("circle", num_train=10, num_valid=10, num_test=20, seed=5)
+    truth = LearnedModel(_Decoder(), NormalLikelihood(0.05))
+    three = torch.cat([ds.test, ds.test[:, :1]], 1)
+    with pytest.raises(ValueError, match=r"model 'truth': x_test has 3 columns, the model 2"):
+        compare({"truth": truth}, three)
+    with pytest.raises(ValueError, match=r"model 'truth': x has 3 columns, the model 2"):
+        pointwise_log_likelihood(truth, three, name="truth")
+    setup = build_method("VAE", ds.train, ds.likelihood, hidden=(4,))
+    with pytest.raises(ValueError, match=r"model 'VAE': x_test has 3 columns, the model 2"):
+        compare({"VAE": setup}, three)
+    nan_row = ds.test.clone()
+    nan_row[4, 0] = math.nan
+    with pytest.raises(ValueError, match="x_test contains NaN"):
+        compare({"truth": truth}, nan_row)
+    with pytest.warns(UserWarning, match="compare got 1 test point: the standard errors se and dse"):
+        result = compare({"truth": truth, "wide": LearnedModel(_Decoder(), NormalLikelihood(0.1))}, ds.test[:1])
+    assert (result.table["se"] == 0).all()  # what the warning is about
+    # Two points: no warning (warnings are errors in this suite).
+    compare({"truth": truth}, ds.test[:2])
+
+
 @pytest.fixture(scope="module")
 def trained():
     """MAPA, IWAE and a VAE, briefly trained on 100 points of the circle (1-D latent)."""

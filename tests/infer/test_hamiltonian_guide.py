@@ -63,6 +63,10 @@ def bound_draws(model, guide):
 
 
 def hvae(encoder, model, data, d, **kw):
+    """The guide with the settings these tests were written for: no tempering, step size 0.2 (the class
+    defaults are the registry's HVAE: learned tempering from beta0 = 0.5, step size 0.1)."""
+    kw.setdefault("tempering", "none")
+    kw.setdefault("step_size", 0.2)
     return HamiltonianGuide(encoder, model, latent_dim=d, data=data, **kw)
 
 
@@ -449,7 +453,8 @@ def test_nan_decoder_output_names_the_cause():
         ({"tempering": "fixed", "beta0": 2.0}, ValueError, r"beta0 must lie in \(0, 1\]"),
         ({"tempering": "fixed", "beta0": 0.0}, ValueError, r"beta0 must lie in \(0, 1\]"),
         ({"tempering": "none", "beta0": 0.5}, ValueError, "tempering='none' fixes beta0 = 1"),
-        ({"tempering": "learned"}, ValueError, "tempering='learned' needs 0 < beta0 < 1"),
+        ({"tempering": "learned", "beta0": 1.0}, ValueError, "tempering='learned' needs 0 < beta0 < 1"),
+        ({"tempering": "learned", "num_leapfrog": 0}, ValueError, "for num_leapfrog=0 .* pass tempering='none'"),
         ({"tempering": "fixed", "beta0": 0.5, "num_leapfrog": 0}, ValueError, "needs num_leapfrog >= 1"),
         ({"max_grad_norm": 0.0}, ValueError, "max_grad_norm must be None or a positive"),
     ],
@@ -458,6 +463,25 @@ def test_bad_arguments(kw, err, match):
     enc, model, x = tiny_vae(d=2)
     with pytest.raises(err, match=match):
         hvae(enc, model, x, 2, **kw)
+
+
+def test_defaults_are_the_registrys_hvae():
+    enc, model, x = tiny_vae(d=2)
+    guide = HamiltonianGuide(enc, model, latent_dim=2, data=x)
+    assert (guide.num_leapfrog, guide.tempering) == (5, "learned")
+    torch.testing.assert_close(guide.step_size.detach(), torch.full((2,), 0.1, dtype=guide.step_size.dtype))
+    assert abs(float(guide.beta0.detach()) - 0.5) < 1e-12
+    # beta0 left out means 1 without tempering, so the mean-field special case needs only tempering="none".
+    mean_field = HamiltonianGuide(enc, model, latent_dim=2, data=x, num_leapfrog=0, tempering="none")
+    assert float(mean_field.beta0) == 1.0
+
+
+def test_data_other_than_the_models_is_refused():
+    enc, model, x = tiny_vae(d=2)
+    with pytest.raises(ValueError, match=r"HamiltonianGuide's data \(its data argument\) has shape"):
+        hvae(enc, model, x[:-1], 2)
+    with pytest.raises(ValueError, match=r"HamiltonianGuide's data \(its data argument\) differs .* \(first: row 0\)"):
+        hvae(enc, model, x + 1, 2)
 
 
 def test_wrong_site_or_encoder_width_is_named():

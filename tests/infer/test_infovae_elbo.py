@@ -242,7 +242,10 @@ def test_non_finite_loss_raises():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"lambda_": -0.1}, ValueError, "lambda_ must be >= 0"),
+        ({"lambda_": -0.1}, ValueError, "lambda_ must be > 0"),
+        ({"lambda_": 0.0}, ValueError, "lambda_ must be > 0"),
+        ({"alpha": 2.0, "lambda_": 0.0}, ValueError, "alpha must be <= 1"),
+        ({"alpha": 1.0 + 1e-9}, ValueError, "alpha must be <= 1"),
         ({"bandwidth": 0.0}, ValueError, "bandwidth must be a positive finite"),
         ({"bandwidth": -1.0}, ValueError, "bandwidth must be a positive finite"),
         ({"bandwidth": math.nan}, ValueError, "bandwidth must be a positive finite"),
@@ -259,6 +262,20 @@ def test_non_finite_loss_raises():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         TraceInfoVAE_ELBO(**kwargs)
+
+
+def test_defaults_are_the_registrys_not_a_plain_elbo():
+    """TraceInfoVAE_ELBO() is the registry's InfoVAE (alpha 1, lambda 10, IMQ, h 1), not alpha 0, lambda 1 (= Trace_ELBO)."""
+    from pyro_mapa.experiments.methods import DEFAULT_OPTIONS
+
+    elbo = TraceInfoVAE_ELBO()
+    assert (elbo.alpha, elbo.lambda_, elbo.bandwidth) == (1.0, 10.0, 1.0) and elbo.kernel is imq_kernel
+    assert elbo.mmd_weight == 10.0
+    reg = DEFAULT_OPTIONS["InfoVAE"]
+    assert (reg["alpha"], reg["lambda_"], reg["kernel"], reg["bandwidth"]) == (1.0, 10.0, "imq", 1.0)
+    # The edges of the allowed range are accepted: alpha = 1 (MMD-VAE), any lambda > 0, negative alpha.
+    for alpha, lambda_ in ((1.0, 1e-6), (-3.0, 0.5), (0.0, 1.0)):
+        TraceInfoVAE_ELBO(alpha, lambda_)
 
 
 def test_mmd_u_statistic_bad_inputs():

@@ -108,6 +108,34 @@ def test_a_randomly_shifted_grid_still_gives_the_exact_log_likelihood():
     assert torch.allclose(grid_log_marginal(x, lambda z: z @ w.T + b, lik, grid), exact, atol=1e-10, rtol=0)
 
 
+def test_training_moves_the_grid_by_a_fresh_uniform_fraction_of_its_spacing_every_step(monkeypatch):
+    """grid_jitter: each stage-1 step integrates on the default grid shifted by U(0, h) per dimension."""
+    import pyro_mapa.training.libi as libi
+
+    seen = []
+
+    def spy(decoder, x, likelihood, latent_dim, *, grid=None, **kw):
+        seen.append(grid.z[0].clone())
+        return marginal_nll(decoder, x, likelihood, latent_dim, grid=grid, **kw)
+
+    monkeypatch.setattr(libi, "marginal_nll", spy)
+    base = latent_grid(1, 201)
+    h = float(base.z[1, 0] - base.z[0, 0])
+    fit_libi(mlp(1, 2, (4,)), small_data(n=40).float(), NormalLikelihood(0.5), 1, stage1_epochs=10, stage2_epochs=0,
+             batch_size=10, num_points=201, hidden=(4,))
+    shifts = torch.stack(seen)[:, 0] - base.z[0, 0]
+    assert len(shifts) == 40  # one grid per step
+    assert bool(((shifts >= 0) & (shifts < h)).all())
+    assert len(torch.unique(shifts)) == 40  # a fresh shift every step
+    # Uniform on [0, h): mean h/2 and sd h/sqrt(12), within 4 standard errors for 40 draws.
+    assert abs(float(shifts.mean()) - h / 2) < 4 * h / math.sqrt(12 * 40)
+    assert float(shifts.std()) > 0.5 * h / math.sqrt(12)
+    seen.clear()
+    fit_libi(mlp(1, 2, (4,)), small_data(n=40).float(), NormalLikelihood(0.5), 1, stage1_epochs=1, stage2_epochs=0,
+             batch_size=10, num_points=201, hidden=(4,), grid_jitter=False)
+    assert all(torch.equal(z, base.z[0]) for z in seen)  # without jitter, the fixed grid
+
+
 @pytest.fixture(scope="module")
 def circle():
     ds = load_dataset("circle", num_train=100, num_valid=1, num_test=1, seed=0)
