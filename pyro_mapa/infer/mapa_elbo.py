@@ -55,6 +55,13 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
     :class:`~pyro_mapa.MAPAGuide`; it is not run during training (its table is read
     directly), since it has no parameters and nothing flows through the sampling.
 
+    Global latent sites :math:`w` (outside the data plate) are drawn once per step from the
+    guide's ``globals_guide`` (or the other parts of an ``AutoGuideList`` holding the
+    ``MAPAGuide``), shared by all particles and points; the estimate is then
+    :math:`\\log p(w) - \\log q(w) + (N/|B|) \\sum_{n \\in B} L_n(w)`, whose expectation
+    over :math:`q(w)` is still below :math:`\\log p(X)` (Jensen, as for any ELBO over
+    :math:`w`). The globals guide must be reparameterized.
+
     Properties (tested): ``K = N`` gives the exact log-likelihood of the empiricalized
     model; ``K = 1, S = 0`` gives the autoencoder objective minus ``N log N``; with
     ``S = 0`` the bound increases with ``K``; it never exceeds the exact value in
@@ -183,12 +190,15 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         correction = F.pad(rest_correction, (self.num_top, 0)).T  # zeros for the top K: one op
         return values, correction
 
-    def _guess_nesting(self, model, guide, info, args, kwargs) -> None:
-        """Sets ``max_plate_nesting`` from one unvectorized run of the model (top-1 index, no RNG use)."""
+    def _guess_nesting(self, model, guide, info, args, kwargs, drawn: set) -> None:
+        """Sets ``max_plate_nesting`` from one unvectorized run of the model (top-1 index); checks its latents."""
         top1 = guide.table.top_k(info.subsample.to(guide.table.device), 1).indices[:, 0]
         data = {guide.site: top1.to(info.subsample.device), guide.plate: info.subsample}
         with poutine.block():
             trace = poutine.trace(poutine.condition(model, data=data)).get_trace(*args, **kwargs)
+        for name, site in trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                _check_latent(name, site, plate_frame(site, guide.plate), guide, drawn)
         dims = [
             frame.dim
             for site in trace.nodes.values()
@@ -202,10 +212,15 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         """One vectorized run of the model with the index site forced (a single model pass)."""
         guide, globals_guide = self._check_guide(guide)
         guide.table._check_k(self.num_top)  # K beyond the table's support: a clear error before any run
+        globals_trace, run = None, model
+        if globals_guide is not None:  # one draw of the globals per step, shared by all particles
+            globals_trace = self._globals_trace(globals_guide, guide, args, kwargs)
+            run = poutine.replay(model, trace=globals_trace)
         if self.max_plate_nesting == float("inf"):
             info = peek_index_site(model, guide.site, guide.plate, args, kwargs)
             guide.check_model_site(info.site, info.plate_size)
-            self._guess_nesting(model, guide, info, args, kwargs)
+            drawn = set() if globals_trace is None else set(globals_trace.stochastic_nodes)
+            self._guess_nesting(model, guide, info, args, kwargs, drawn)
         table = guide.table
         width = table.support_size - self.num_top
         drawn = self.num_samples if self.remainder == "with_replacement" else min(self.num_samples, width)
@@ -213,10 +228,6 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         forcing = _ForceIndex(self, guide)
         self.step_count += 1
         plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
-        globals_trace, run = None, model
-        if globals_guide is not None:  # one draw of the globals per step, shared by all particles
-            globals_trace = self._globals_trace(globals_guide, guide, args, kwargs)
-            run = poutine.replay(model, trace=globals_trace)
         trace = poutine.trace(plate(forcing(run))).get_trace(*args, **kwargs)
         if forcing.values is None:
             # Reuse the peek for its precise error (no such site / not in the plate).
@@ -239,19 +250,7 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
             frame = plate_frame(site, guide.plate)
-            if not site["is_observed"] and not (name in drawn and frame is None):
-                where = "inside" if frame is not None else "outside"
-                fix = (
-                    "TraceMAPA_ELBO supports one local latent site, the index (make the other sites observed, "
-                    "or empiricalize that site instead)"
-                    if frame is not None
-                    else "a global latent needs a guide: MAPAGuide(..., globals_guide=AutoNormal(poutine.block("
-                    f"model, hide=[{guide.site!r}]))) or an AutoGuideList with the MAPAGuide as one part"
-                )
-                raise ValueError(
-                    f"the model has a latent sample site {name!r} {where} the data plate {guide.plate!r} "
-                    f"besides the index site {guide.site!r}; {fix}"
-                )
+            _check_latent(name, site, frame, guide, drawn)
             lp = site_log_prob(site)
             if frame is None:
                 g = reduce_to_particle_point(lp, particle_dim, None, (num_particles,))
@@ -352,6 +351,24 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         if loss.requires_grad:
             loss.backward(retain_graph=self.retain_graph)
         return value
+
+
+def _check_latent(name: str, site: dict, frame, guide: MAPAGuide, drawn: set) -> None:
+    """Refuses a latent site that is neither the index nor a global drawn by the globals guide."""
+    if site["is_observed"] or name == guide.site or (name in drawn and frame is None):
+        return
+    where = "inside" if frame is not None else "outside"
+    fix = (
+        "TraceMAPA_ELBO supports one local latent site, the index (make the other sites observed, "
+        "or empiricalize that site instead)"
+        if frame is not None
+        else "a global latent needs a guide: MAPAGuide(..., globals_guide=AutoNormal(poutine.block("
+        f"model, hide=[{guide.site!r}]))) or an AutoGuideList with the MAPAGuide as one part"
+    )
+    raise ValueError(
+        f"the model has a latent sample site {name!r} {where} the data plate {guide.plate!r} "
+        f"besides the index site {guide.site!r}; {fix}"
+    )
 
 
 class _ForceIndex(Messenger):
