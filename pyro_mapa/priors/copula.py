@@ -21,7 +21,8 @@ class GaussianCopulaPrior:
     """1-D Gaussian copula over codes: a monotone map ``T`` from ``N(0, 1)`` to the code distribution.
 
     Arguments:
-        codes: ``(N,)`` or ``(N, 1)`` learned codes.
+        codes: ``(N,)`` or ``(N, 1)`` learned codes (float32 or float64 keep their dtype; half
+            precision and integer codes are converted to float32, whose knots then stay distinct).
 
     Example:
         >>> prior = GaussianCopulaPrior(torch.randn(1000).exp())
@@ -31,7 +32,11 @@ class GaussianCopulaPrior:
     """
 
     def __init__(self, codes: Tensor) -> None:
+        if not isinstance(codes, Tensor):
+            raise TypeError(f"codes must be a torch.Tensor of shape (N,) or (N, 1), got {type(codes).__name__}")
         z = codes.detach().reshape(-1)
+        if z.dtype not in (torch.float32, torch.float64):
+            z = z.to(torch.float32)  # ndtri has no half-precision kernel; float16 knots would collide
         if codes.dim() > 1 and codes.shape[-1] != 1:
             raise ValueError(f"GaussianCopulaPrior is for 1-D codes, got shape {tuple(codes.shape)}")
         if z.numel() < 2:

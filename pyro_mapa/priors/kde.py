@@ -25,8 +25,16 @@ class KDEPrior:
     (as ``scipy.stats.gaussian_kde``). Nothing is fitted; each density evaluation
     costs ``O(N d)`` per query point.
 
+    Everything is computed in float64 on codes centred at their mean and divided by
+    each dimension's largest absolute deviation, so codes of any scale (``1e-30`` to
+    ``1e20``, in float32 too) neither over- nor underflow. Codes on a lower-dimensional
+    subspace are refused: the standardized covariance's smallest eigenvalue must exceed
+    ``max((30 eps)², 1000 d eps₆₄)`` times its largest (``eps`` of the codes' dtype), i.e.
+    more than the codes' own rounding could produce.
+
     Arguments:
-        codes: ``(N, d)`` codes, ``N >= 2``, with a non-singular covariance.
+        codes: ``(N, d)`` codes, ``N >= 2``, with a non-singular covariance (any floating
+            dtype; ``log_prob`` and ``sample`` return it).
         bandwidth: ``None`` or ``"scott"`` (Scott's rule), ``"silverman"``
             (:math:`h = (N (d + 2) / 4)^{-1/(d+4)}`), or a positive number ``h``.
 
@@ -54,19 +62,40 @@ class KDEPrior:
             raise ValueError(
                 f"bandwidth must be None, 'scott', 'silverman' or a positive number, got {bandwidth!r}"
             )
-        cov = torch.cov(codes.T).reshape(d, d)
-        kernel_cov = factor**2 * cov
-        chol, info = torch.linalg.cholesky_ex(kernel_cov)
-        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
-            raise ValueError(
-                "codes have a singular covariance (too few codes, or codes on a lower-dimensional subspace)"
-            )
         self.codes = codes
         self.factor = factor
-        self.kernel_cov = kernel_cov
-        self.kernel_chol = chol
-        self._white = torch.linalg.solve_triangular(chol, codes.T, upper=False).T  # (N, d)
-        log_det = float(chol.diagonal().log().sum())
+        x = codes.to(torch.float64)
+        self._loc = x.mean(0)
+        centred = x - self._loc
+        self._scale = centred.abs().amax(0)  # (d,) per-dimension spread: standardized codes lie in [-1, 1]
+        flat = (self._scale == 0).nonzero().flatten()
+        if flat.numel():
+            raise ValueError(
+                f"codes have a singular covariance: dimension {int(flat[0])} is constant (zero spread); "
+                "drop that latent dimension (or use fewer latent dimensions)"
+            )
+        y = centred / self._scale
+        cov = (y.T @ y) / (n - 1)
+        eig = torch.linalg.eigvalsh(cov)
+        rtol = max((30 * torch.finfo(codes.dtype).eps) ** 2, 1000 * d * torch.finfo(torch.float64).eps)
+        if not float(eig[0]) > rtol * float(eig[-1]):
+            rank = int((eig > rtol * eig[-1]).sum())
+            raise ValueError(
+                f"codes have a singular covariance: they lie on a {rank}-dimensional subspace of the "
+                f"{d}-dimensional latent space (smallest/largest eigenvalue of the standardized covariance "
+                f"{float(eig[0] / eig[-1]):.3g}, at most {rtol:.3g} allowed for {codes.dtype} codes); "
+                "drop or combine latent dimensions, or use fewer of them"
+            )
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0:  # pragma: no cover - excluded by the eigenvalue check above
+            raise ValueError("codes have a singular covariance (the Cholesky factorization failed)")
+        self._chol = chol  # of the standardized covariance (float64); the kernel's is factor times it
+        #: ``L`` with ``L Lᵀ = H`` (float64), in the codes' units.
+        self.kernel_chol = self._scale.unsqueeze(1) * chol * factor
+        #: The kernel covariance ``H = h² Σ̂`` (float64), in the codes' units.
+        self.kernel_cov = factor * factor * cov * self._scale.unsqueeze(1) * self._scale.unsqueeze(0)
+        self._white = torch.linalg.solve_triangular(chol, y.T, upper=False).T / factor  # (N, d)
+        log_det = float(chol.diagonal().log().sum() + self._scale.log().sum()) + d * math.log(factor)
         self._log_norm = -math.log(n) - log_det - 0.5 * d * math.log(2 * math.pi)
 
     @property
@@ -84,8 +113,8 @@ class KDEPrior:
         n = self.codes.shape[0]
         if chunk_size is None:
             chunk_size = max(1, 2**22 // n)
-        flat = z.to(self.codes).reshape(-1, self.dim)
-        white = torch.linalg.solve_triangular(self.kernel_chol, flat.T, upper=False).T
+        flat = (z.detach().to(device=self.codes.device, dtype=torch.float64).reshape(-1, self.dim) - self._loc) / self._scale
+        white = torch.linalg.solve_triangular(self._chol, flat.T, upper=False).T / self.factor
         out = []
         for start in range(0, white.shape[0], chunk_size):
             dist2 = torch.cdist(
@@ -93,7 +122,7 @@ class KDEPrior:
             ).pow(2)
             out.append(torch.logsumexp(-0.5 * dist2, dim=-1))
         lp = torch.cat(out) if out else white.new_zeros(0)
-        return (lp + self._log_norm).reshape(z.shape[:-1])
+        return (lp + self._log_norm).reshape(z.shape[:-1]).to(self.codes.dtype)
 
     def sample(self, sample_shape: Sequence[int] = (), generator: torch.Generator | None = None) -> Tensor:
         """Draws ``z_i + L ε`` (uniform ``i``, ``L L^T = H``) of shape ``sample_shape + (d,)``."""
@@ -102,7 +131,7 @@ class KDEPrior:
         eps = torch.randn(
             shape + (self.dim,), generator=generator, dtype=self.codes.dtype, device=self.codes.device
         )
-        return self.codes[idx] + eps @ self.kernel_chol.T
+        return (self.codes[idx].to(torch.float64) + eps.to(torch.float64) @ self.kernel_chol.T).to(self.codes.dtype)
 
     def distribution(self) -> PriorDistribution:
         """This prior as a Pyro distribution with event shape ``(d,)`` (see :class:`PriorDistribution`)."""

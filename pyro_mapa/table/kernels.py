@@ -134,12 +134,14 @@ class ProximityKernel(ABC):
         """How fast :math:`-\\log\\kappa` grows per unit of scaled squared distance (nats).
 
         The table builder multiplies its distance step's rounding error by this to bound the
-        error of :math:`\\log\\kappa`. The default estimates it as
-        ``|log κ(s=1) - log κ(s=0)|`` (``inf`` when that is not finite, which makes the
-        builder use its exact float64 path); kernels of the form ``-c·s`` return ``c``.
+        error of :math:`\\log\\kappa`. The default estimates it as the steepest secant of
+        ``log κ`` between ``s = 0, 10^-8, 10^-7, ..., 10^8`` (``inf`` when that is not finite,
+        which makes the builder use its exact float64 path); kernels of the form ``-c·s``
+        should return ``c``.
         """
-        v = self.log_kernel_from_scaled_sqdist(torch.tensor([0.0, 1.0], dtype=torch.float64))
-        slope = abs(float(v[1] - v[0]))
+        s = torch.tensor([0.0] + [10.0**k for k in range(-8, 9)], dtype=torch.float64)
+        v = self.log_kernel_from_scaled_sqdist(s.clone())
+        slope = float(((v[1:] - v[:-1]) / (s[1:] - s[:-1])).abs().max())
         return slope if math.isfinite(slope) else math.inf
 
     def validate(self, data: Tensor) -> None:

@@ -371,7 +371,7 @@ class PosteriorTable:
 
         See :func:`~pyro_mapa.table.sampling.sample_without_replacement` (an unbiased
         priority-sampling estimator; looser than sampling with replacement at ``s = 1``).
-        ``uniforms`` (``(B, M - k)`` in ``[0, 1)``, else ``ValueError``) replaces the random stream if given.
+        ``uniforms`` (``(B, M - k)`` in ``[0, 1]``, else ``ValueError``) replaces the random stream if given.
 
         Returns:
             ``(indices, log_inclusion)``, both ``(B, min(s, M - k))``.

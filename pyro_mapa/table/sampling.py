@@ -36,7 +36,8 @@ def checked_uniforms(given: Tensor | None, shape: tuple[int, int], generator, de
     """Caller ``uniforms`` checked (a copy if ``writable``), or fresh ones in ``(0, 1]`` / ``[0, 1)``.
 
     Given uniforms must have ``shape`` and lie in ``(0, 1]`` (``include_one``: inverse-CDF
-    draws) or ``[0, 1)`` (Gumbel draws, where 0 is clamped to the smallest positive number);
+    draws) or ``[0, 1]`` (Gumbel draws, clamped into ``(0, 1)``: ``torch.rand`` can give 0, and
+    a uniform just below 1 can round to 1 in the table's dtype);
     anything else (``u = -1`` would pick the least probable entry, NaN would pick
     arbitrarily) is a ``ValueError``. One host sync.
     """
@@ -48,10 +49,10 @@ def checked_uniforms(given: Tensor | None, shape: tuple[int, int], generator, de
                         + (f" of dtype {given.dtype}" if isinstance(given, Tensor) else ""))
     if given.shape != shape:
         raise ValueError(f"uniforms must have shape {shape}, got {tuple(given.shape)}")
-    inside = ((given > 0) & (given <= 1)) if include_one else ((given >= 0) & (given < 1))
+    inside = (given > 0) & (given <= 1) if include_one else (given >= 0) & (given <= 1)
     if given.numel() and not bool(inside.all()):
         bad = given[~inside].flatten()[0].item()
-        interval = "(0, 1]" if include_one else "[0, 1)"
+        interval = "(0, 1]" if include_one else "[0, 1]"
         raise ValueError(
             f"uniforms must lie in {interval}, got {bad} (and {int((~inside).sum()) - 1} more outside); "
             "pass e.g. counter_uniform(...) or 1 - torch.rand(...), or uniforms=None"
@@ -179,7 +180,7 @@ def sample_without_replacement(rest_indices: Tensor, rest_log_probs: Tensor, s: 
     b, width = rest_indices.shape
     take = min(s, width)
     u = uniforms
-    # Clamped into (0, 1): a uniform just below 1 rounds to 1.0 in float32 (a Gumbel of +inf).
+    # Clamped into (0, 1): 0 and 1 (a uniform just below 1 rounds to 1.0 in float32) give infinite Gumbels.
     info = torch.finfo(u.dtype)
     gumbel = -torch.log(-torch.log(u.clamp_(min=info.tiny, max=1.0 - info.eps / 2)))
     perturbed = rest_log_probs + gumbel

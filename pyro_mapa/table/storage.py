@@ -128,6 +128,13 @@ def cached_table(
     it atomically, so a reader sees either no file or a whole one. A damaged or stale cache
     file is rebuilt.
     """
+    if not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path (str or os.PathLike), got {type(cache_dir).__name__}")
+    if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+        raise ValueError(
+            f"cache_dir={str(cache_dir)!r} is a file, not a folder; pass a folder for the cached tables "
+            "(it is created if missing)"
+        )
     path = cache_path(data, kernel, cache_dir, max_support)
     fingerprint = data_fingerprint(data)
     if path.exists():
