@@ -132,6 +132,11 @@ def _reduce(name: str, lp: Tensor, particle_dim: int, point_dim: int | None, sha
     return reduce_to_particle_point(lp, particle_dim, point_dim, shape)
 
 
+def _detached_log_q(site: dict, scale) -> Tensor:
+    """``log q`` of a guide site with the distribution's parameters detached (DReG), masked and scaled."""
+    return scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), scale, site["mask"])
+
+
 class _Accumulator:
     """Sums per-point terms, keyed by point (``None``: vectorized, else a loop iteration's counter)."""
 
@@ -213,10 +218,12 @@ def importance_terms(
             )
         if frame is None:
             # Global (drawn once by ShareGlobals), observed outside the data plate, or whole-trace.
-            for site, sign, _ in parts:
+            for site, sign, detachable in parts:
                 lp = _reduce(name, _scaled(site_log_prob(site), site), particle_dim, None, (p,))
                 if whole_trace:
                     acc.add(None, sign * lp.unsqueeze(-1))
+                    if detachable and detach_guide_params:
+                        lp = _reduce(name, _detached_log_q(site, site["scale"]), particle_dim, None, (p,))
                     acc_dq.add(None, sign * lp.unsqueeze(-1))
                 else:
                     global_lp = global_lp + sign * lp.mean()
@@ -247,9 +254,7 @@ def importance_terms(
             lp = _reduce(name, lp, particle_dim, f.dim, shape)
             acc.add(key, sign * lp)
             if detachable and detach_guide_params:
-                lp = scale_and_mask(
-                    detach_distribution(site["fn"]).log_prob(site["value"]), site["scale"] if inside else 1.0, site["mask"]
-                )
+                lp = _detached_log_q(site, site["scale"] if inside else 1.0)
                 lp = _reduce(name, lp, particle_dim, f.dim, shape)
             acc_dq.add(key, sign * lp)
     scale = 1.0 if plate_scale is None else plate_scale

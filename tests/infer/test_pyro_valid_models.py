@@ -225,12 +225,10 @@ def test_iplate_variable_clash_error():
 
 
 @FAMILIES
-@SUBSAMPLE
-@pytest.mark.parametrize("variant", ["test_plate_ok", "test_plate_subsample_param_ok",
-                                     "test_plate_subsample_primitive_ok", "test_plate_no_size_ok"])
+@pytest.mark.parametrize("variant,subsample", [
+    (v, s) for v in ("test_plate_ok", "test_plate_subsample_param_ok", "test_plate_subsample_primitive_ok")
+    for s in (None, 5)] + [("test_plate_no_size_ok", None)])
 def test_plate_ok(latent, subsample, variant):
-    if variant == "test_plate_no_size_ok" and subsample:
-        pytest.skip("Pyro's test has one case")
 
     def make(guide):
         def fn():
