@@ -22,6 +22,41 @@ def test_demo_runs_and_reports_finite_numbers():
     assert res["VAE"]["passes_per_point_per_step"] == pytest.approx(2.0)  # one encoder + one decoder row
 
 
+def test_demo_trains_and_evaluates_on_one_thread_and_restores_the_setting(monkeypatch):
+    """The demo's thread policy: one thread unless told otherwise (--threads, OMP_NUM_THREADS), restored after."""
+    import torch
+
+    import pyro_mapa.experiments.methods as methods
+    import pyro_mapa.training as training
+
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    seen = []
+    real_fit, real_learned = training.fit, methods.MethodSetup.learned_model
+
+    def fit(*args, **kwargs):
+        seen.append(("fit", torch.get_num_threads()))
+        return real_fit(*args, **kwargs)
+
+    def learned_model(self, *args, **kwargs):
+        seen.append(("eval", torch.get_num_threads()))
+        return real_learned(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit)
+    monkeypatch.setattr(methods.MethodSetup, "learned_model", learned_model)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_demo(epochs=1, num_train=100, num_test=20, progress=False)
+        assert seen == [("fit", 1), ("eval", 1)] * 2 and torch.get_num_threads() == 2
+        seen.clear()
+        torch.set_num_threads(1)
+        run_demo(epochs=1, num_train=100, num_test=20, progress=False, num_threads=2)
+        assert seen == [("fit", 2), ("eval", 2)] * 2 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_reproduce_quick_writes_schema_and_figures(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main(["reproduce", "--quick", "--datasets", "circle", "--epochs", "2", "--jobs", "1",
