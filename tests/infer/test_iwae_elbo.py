@@ -4,7 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import RenyiELBO
+from pyro.infer import RenyiELBO, Trace_ELBO
 from torch import nn
 
 from pyro_mapa import MeanFieldGuide, NonFiniteLossError, NormalLikelihood, TraceIWAE_ELBO, VAEModel
@@ -149,7 +149,7 @@ def test_svi_with_iwae_lowers_loss():
     assert sum(losses[-20:]) < sum(losses[:20])
 
 
-def test_global_latent_and_non_reparameterized_sites_are_errors():
+def test_global_latents_run_and_non_reparameterized_sites_are_refused_by_name():
     x = torch.randn(10, 2)
 
     def model_global(batch=None):
@@ -159,12 +159,20 @@ def test_global_latent_and_non_reparameterized_sites_are_errors():
             pyro.sample("x", dist.Normal((z + g).unsqueeze(-1) * torch.ones(2), 1.0).to_event(1), obs=x[idx])
 
     def guide_global(batch=None):
-        pyro.sample("g", dist.Normal(0.0, 1.0))
+        g = pyro.sample("g", dist.Normal(pyro.param("g_loc", torch.tensor(0.2)), 1.0))
+        assert g.shape == ()  # drawn once per step, shared by the particles
         with pyro.plate("data", 10, subsample=batch):
-            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("z", dist.Normal(0.5 * g, 1.0))
 
-    with pytest.raises(ValueError, match="outside the data plate"):
-        TraceIWAE_ELBO(3, plate="data").loss(model_global, guide_global)
+    pyro.clear_param_store()
+    for plate in (None, "data"):
+        pyro.set_rng_seed(0)
+        expected = Trace_ELBO().loss(model_global, guide_global, torch.arange(4))
+        pyro.set_rng_seed(0)
+        assert TraceIWAE_ELBO(1, plate=plate).loss(model_global, guide_global, torch.arange(4)) == pytest.approx(
+            expected, rel=1e-6
+        )
+        assert math.isfinite(TraceIWAE_ELBO(3, plate=plate, dreg=True).loss_and_grads(model_global, guide_global))
 
     def model_discrete(batch=None):
         with pyro.plate("data", 10, subsample=batch) as idx:
@@ -175,10 +183,59 @@ def test_global_latent_and_non_reparameterized_sites_are_errors():
         with pyro.plate("data", 10, subsample=batch):
             pyro.sample("z", dist.Bernoulli(0.3))
 
-    with pytest.raises(ValueError, match="not reparameterizable"):
+    with pytest.raises(ValueError, match="guide site 'z' \\(Bernoulli\\) is not reparameterizable.*use Trace_ELBO or "
+                                         "TraceGraph_ELBO"):
         TraceIWAE_ELBO(3).loss(model_discrete, guide_discrete)
-    with pytest.raises(ValueError, match="num_particles"):
-        TraceIWAE_ELBO(0)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_num_particles_below_one_is_refused_with_one_message(bad):
+    with pytest.raises(ValueError, match=f"num_particles must be >= 1, got {bad}"):
+        TraceIWAE_ELBO(bad)
+    with pytest.raises(TypeError, match="num_particles must be an int"):
+        TraceIWAE_ELBO(2.0)
+
+
+@pytest.mark.parametrize("num_particles", [1, 3, 4])
+def test_loop_data_plate_is_one_point_per_iteration(num_particles):
+    """A Python-loop plate of 4 (= P for P = 4, != P for P = 3): no crash, and no factor of the plate size.
+
+    With the guide equal to the exact posterior of independent Normal sites, every log-weight is
+    log p(x_i) exactly, so the bound is exact whatever P: the 2x (8.35 for 4.18) bug would show.
+    """
+    obs = torch.tensor([0.3, -1.2, 0.8, 2.0])
+
+    def model():
+        for i in pyro.plate("loop", 4):
+            z = pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=obs[i])
+
+    def guide():
+        for i in pyro.plate("loop", 4):
+            pyro.sample(f"z_{i}", dist.Normal(obs[i] / 2, math.sqrt(0.5)))
+
+    exact = float(dist.Normal(0.0, math.sqrt(2.0)).log_prob(obs).sum())
+    assert -TraceIWAE_ELBO(num_particles).loss(model, guide) == pytest.approx(exact, rel=1e-5)
+
+
+def test_the_default_data_plate_is_the_outermost():
+    """Every latent site in plates 'data' (outer, subsampled) and 'coords' (inner): 'data' is the data plate."""
+    def model(batch):
+        with pyro.plate("data", 10, subsample=batch, dim=-2), pyro.plate("coords", 3, dim=-1):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=torch.ones(len(batch), 3))
+
+    def guide(batch):
+        with pyro.plate("data", 10, subsample=batch, dim=-2), pyro.plate("coords", 3, dim=-1):
+            pyro.sample("z", dist.Normal(0.4, 0.8))
+
+    batch = torch.tensor([1, 5])
+    pyro.set_rng_seed(0)
+    auto = TraceIWAE_ELBO(4, max_plate_nesting=2).loss(model, guide, batch)
+    pyro.set_rng_seed(0)
+    assert TraceIWAE_ELBO(4, max_plate_nesting=2, plate="data").loss(model, guide, batch) == auto
+    with pytest.raises(ValueError, match="'data' \\(2 of 10\\) inside a point of the data plate 'coords'"):
+        TraceIWAE_ELBO(4, max_plate_nesting=2, plate="coords").loss(model, guide, batch)
 
 
 def test_default_is_ten_particles():
