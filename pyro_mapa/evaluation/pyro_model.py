@@ -19,7 +19,9 @@ It plugs into the existing evaluators:
   accuracy for ``d <= 2``.
 
 Global latent sites are not integrated over: condition them first (e.g.
-``poutine.condition(model, {"W": W_mean})``), or evaluate another way.
+``poutine.condition(model, {"W": W_mean})``), or evaluate another way. Observed sites
+outside the data plate (a conditioned global among them) are not part of the per-point
+log-likelihood.
 """
 
 from __future__ import annotations
@@ -148,6 +150,12 @@ class PyroModelJoint:
             raise ValueError(
                 f"the model's site {self.site!r} is not inside a vectorized plate named {self.plate!r}; pass plate="
             )
+        for name, other in trace.nodes.items():
+            if other["type"] == "sample" and not other["is_observed"] and name != self.site and not site_is_subsample(other):
+                raise ValueError(
+                    f"the model has a latent site {name!r} besides {self.site!r}; condition it first "
+                    f"(poutine.condition(model, data={{{name!r}: value}})) to evaluate log p(x | {name})"
+                )
         dims = [f.dim for s in trace.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized]
         return -min(dims), frame.dim, node["fn"].event_shape
 
@@ -186,10 +194,7 @@ class PyroModelJoint:
                 )
             frame = plate_frame(site, self.plate)
             if frame is None:
-                raise ValueError(
-                    f"the model's site {name!r} is outside the data plate {self.plate!r}; a per-point log-likelihood "
-                    "needs every observed site inside the plate"
-                )
+                continue  # a conditioned global (or other observed site outside the plate): not per point
             term = reduce_to_particle_point(site_log_prob(site), -(nesting + 1), frame.dim, (p, b))
             total = term if total is None else total + term
         assert total is not None  # the site itself is always there
