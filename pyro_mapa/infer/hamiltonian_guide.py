@@ -256,7 +256,8 @@ class HamiltonianGuide(nn.Module):
             raise ValueError("data must be a non-empty (N, ...) tensor of observations")
         model_data = getattr(model, "data", None)
         if isinstance(model_data, Tensor):
-            check_same_data(data, model_data, "HamiltonianGuide")
+            check_same_data(data, model_data, "HamiltonianGuide",
+                            "HamiltonianGuide(encoder, model, latent_dim=d, data=X)")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.num_leapfrog = check_count(num_leapfrog, "num_leapfrog")
         self.tempering = tempering

@@ -66,8 +66,8 @@ def _one_number(value, name: str) -> float:
         raise ValueError(f"{name} is empty; pass a positive number, e.g. 0.05")
     if t.numel() > 1 and not bool((t == t[0]).all()):
         raise ValueError(
-            f"{name} must be one number, the same noise for every column; got {t.numel()} different values "
-            f"{t.tolist()[:5]}; pass a float (e.g. {name}={float(t.max()):g}), or rescale the data's columns "
+            f"{name} must be one number, the same noise for every column; got {t.numel()} values, not all equal, "
+            f"[{', '.join(f'{v:.6g}' for v in t.tolist()[:5])}]; pass a float (e.g. {name}={float(t.max()):g}), or rescale the data's columns "
             "to a common noise level"
         )
     return float(t[0])

@@ -138,7 +138,7 @@ def check_decoder_output(params: Tensor, data: Tensor, likelihood: Likelihood) -
         )
 
 
-def check_same_data(guide_data: Tensor, model_data: Tensor, guide_name: str) -> None:
+def check_same_data(guide_data: Tensor, model_data: Tensor, guide_name: str, example: str | None = None) -> None:
     """Raises unless the guide's data is the model's: the same tensor, or equal shape and values.
 
     One comparison of the values at most (none when both are the same tensor), so call it
@@ -149,10 +149,8 @@ def check_same_data(guide_data: Tensor, model_data: Tensor, guide_name: str) -> 
     """
     if guide_data is model_data:
         return
-    fix = (
-        f"pass the model's data tensor to the guide, e.g. {guide_name}(encoder, X, latent_dim) with the X of "
-        "VAEModel(decoder, X, latent_dim, likelihood)"
-    )
+    example = example or f"{guide_name}(encoder, X, latent_dim)"
+    fix = f"pass the model's data tensor to the guide, e.g. {example} with the X of VAEModel(decoder, X, latent_dim, likelihood)"
     if guide_data.shape != model_data.shape:
         raise ValueError(
             f"{guide_name}'s data (its data argument) has shape {tuple(guide_data.shape)} but the model's data "

@@ -249,9 +249,15 @@ def _fit(model, guide, loss, num_points, epochs, batch_size, lr, seed, progress,
             except ValueError as e:
                 if "found invalid values" not in str(e):  # torch's distribution validation of NaN parameters
                     raise
+                cause = (
+                    "the model's or guide's initial parameters, or the data, give NaN distribution parameters "
+                    "before any update: check the networks' initial values"
+                    if result.steps == 0 and start_epoch == 0 else
+                    f"the network parameters diverged: lr={lr:g} is probably too large, try a smaller one "
+                    f"(e.g. lr={lr / 10:g})"
+                )
                 raise NonFiniteLossError(
-                    f"{where}: the network parameters diverged: lr={lr:g} is probably too large, try a smaller one "
-                    f"(e.g. lr={lr / 10:g}); a distribution got NaN parameters ({str(e).splitlines()[0]})"
+                    f"{where}: {cause}; a distribution got NaN parameters ({str(e).splitlines()[0]})"
                 ) from e
             if not math.isfinite(value):
                 raise NonFiniteLossError(

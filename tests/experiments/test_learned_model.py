@@ -80,7 +80,7 @@ def test_normal_likelihood_accepts_a_scale_tensor_of_one_value():
         torch.testing.assert_close(lik(mean).log_prob(torch.ones(2)),
                                    torch.distributions.Normal(0.0, 0.25).log_prob(torch.ones(2)).sum())
     with pytest.raises(ValueError, match=r"sigma must be one number, the same noise for every column; got 2 "
-                                         r"different values"):
+                                         r"values, not all equal, \[0.05, 0.1\]"):
         NormalLikelihood(torch.tensor([0.05, 0.1]))
     with pytest.raises(ValueError, match="sigma must be a positive finite number"):
         NormalLikelihood(torch.tensor([0.0, 0.0]))

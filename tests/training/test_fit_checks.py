@@ -121,16 +121,26 @@ def test_a_huge_learning_rate_names_epoch_step_and_a_smaller_lr(circle):
     match = r"epoch 0, step \d+ \(gradient step \d+\): .*lr=1e\+06 is probably too large, try a smaller one \(e.g. lr=100000\)"
     with pytest.raises(NonFiniteLossError, match=match):
         fit(model, guide, Trace_ELBO(), epochs=3, batch_size=20, lr=1e6, progress=False)
-    # Parameters that are NaN already (as after a step too far): Pyro's validation of the guide's Normal raises.
+    # Parameters that turn NaN at the second step (as after a step too far): Pyro's validation of the guide's
+    # Normal raises; at the first step, before any update, the message points at the initial parameters instead.
     pyro.enable_validation(True)
-    pyro.clear_param_store()
-    model, guide = _vae(circle.train)
-    with torch.no_grad():
-        guide.encoder[0].weight.fill_(math.nan)
-    with pytest.raises(NonFiniteLossError, match=match.replace(r"step \d+ \(gradient step \d+\)", r"step 0 \(gradient step 0\)")
-                       + r"; a distribution got NaN parameters \(Expected parameter loc") as err:
-        fit(model, guide, Trace_ELBO(), epochs=3, batch_size=20, lr=1e6, progress=False)
-    assert isinstance(err.value.__cause__, ValueError) and "found invalid values" in str(err.value.__cause__)
+    for when, expected in ((1, match.replace(r"step \d+ \(gradient step \d+\)", r"step 1 \(gradient step 1\)")),
+                           (0, r"epoch 0, step 0 \(gradient step 0\): the model's or guide's initial parameters")):
+        pyro.clear_param_store()
+        model, guide = _vae(circle.train)
+        calls = []
+
+        def poison(module, inputs, when=when, calls=calls):
+            if len(calls) == when:
+                with torch.no_grad():
+                    module.weight.fill_(math.nan)
+            calls.append(1)
+
+        guide.encoder[0].register_forward_pre_hook(poison)
+        with pytest.raises(NonFiniteLossError, match=expected + r".*; a distribution got NaN parameters \(Expected "
+                           r"parameter loc") as err:
+            fit(model, guide, Trace_ELBO(), epochs=3, batch_size=20, lr=1e6, progress=False)
+        assert isinstance(err.value.__cause__, ValueError) and "found invalid values" in str(err.value.__cause__)
 
 
 def test_seed_none_leaves_the_rngs_as_they_are(circle):
