@@ -41,6 +41,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _dirty(paths: tuple[str, ...] = ("pyro_mapa", "benchmarks/threads.py")) -> bool | None:
+    """Whether the code this benchmark runs differs from the commit (``None`` if git is unavailable)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", *paths], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return bool(out.stdout.strip())
+
+
 def _run(threads: int, epochs: int) -> dict:
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             spinner = subprocess.Popen([sys.executable, "-c", SPIN, str(args.busy_threads)])
             time.sleep(2.0)  # let it start spinning
         try:
-            for threads in args.threads:
+            for threads in args.threads:  # one warm-up-free run each: the first run also pays imports
                 rec = {"load": load, **_run(threads, args.epochs)}
                 runs.append(rec)
                 print(f"{load:5s} threads={threads}: {rec['wall_s']:.1f} s "
@@ -85,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "command": "python benchmarks/threads.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "commit": _git_commit(),
+        "dirty": _dirty(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "epochs": args.epochs,
