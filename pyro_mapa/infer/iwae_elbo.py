@@ -150,13 +150,18 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
             f"the guide's data plate changes from call to call ({plate!r} last); pass TraceIWAE_ELBO(plate=...)"
         )
 
-    def _log_weights(self, model, guide, args, kwargs, detach_guide_params: bool = False):
-        """Per-point log-weights ``(P, B)`` (or ``None``), the scale, globals, and the traces."""
+    def _terms(self, model, guide, args, kwargs, detach_guide_params: bool = False):
+        """The :class:`ImportanceTerms` of one step's draws, and the traces."""
         plate, model_trace, guide_trace = self._traces(model, guide, args, kwargs)
         p = self.num_particles
         particle_dim = -self.max_plate_nesting if p > 1 else -(self.max_plate_nesting + 1)
         terms = importance_terms(model_trace, guide_trace, plate, p, particle_dim, detach_guide_params)
         return terms, model_trace, guide_trace
+
+    def _log_weights(self, model, guide, args, kwargs, detach_guide_params: bool = False):
+        """Per-point log-weights ``(P, B)`` (or ``None``), theirs with ``q`` detached, scale, globals, traces."""
+        terms, model_trace, guide_trace = self._terms(model, guide, args, kwargs, detach_guide_params)
+        return terms.log_w, terms.log_w_dq, terms.scale, terms.global_lp, model_trace, guide_trace
 
     def _estimate_from(self, terms: ImportanceTerms) -> Tensor:
         # Weights below eps² of a point's largest are dropped: same bound to the dtype's
@@ -185,19 +190,19 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
 
         Checks that the loss is finite, which reads it on the host (one sync).
         """
-        terms, _, _ = self._log_weights(model, guide, args, kwargs)
+        terms, _, _ = self._terms(model, guide, args, kwargs)
         loss = -self._estimate_from(terms)
         self._checked_value(loss, terms.log_w)
         return loss
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         with torch.no_grad():
-            terms, _, _ = self._log_weights(model, guide, args, kwargs)
+            terms, _, _ = self._terms(model, guide, args, kwargs)
             return self._checked_value(-self._estimate_from(terms), terms.log_w)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Minus the bound as a float (the step's one host sync, also its finiteness check); gradients accumulated."""
-        terms, model_trace, guide_trace = self._log_weights(model, guide, args, kwargs, detach_guide_params=self.dreg)
+        terms, model_trace, guide_trace = self._terms(model, guide, args, kwargs, detach_guide_params=self.dreg)
         loss = -self._estimate_from(terms)
         value = self._checked_value(loss, terms.log_w)
         if not self.dreg or terms.log_w is None:
