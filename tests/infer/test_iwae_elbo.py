@@ -402,3 +402,23 @@ def test_dreg_gradient_equals_a_hand_written_dreg_estimator_on_the_same_draws():
     torch.testing.assert_close(dec, dec_h, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(enc, enc_h, rtol=1e-4, atol=1e-5)
     assert enc_h.abs().max() > 1e-2  # a gradient that the comparison can see
+
+
+def test_whole_trace_bound_refuses_subsampled_plates_and_names_the_fix():
+    """No latent in any plate: the whole-trace IWAE, not a bound with subsampled observations (P > 1)."""
+    def model():
+        loc = pyro.sample("loc", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", 10, 5):
+            pyro.sample("x", dist.Normal(loc, 1.0), obs=torch.zeros(5))
+
+    def guide():
+        pyro.sample("loc", dist.Normal(0.3, 1.0))
+
+    with pytest.raises(ValueError, match="site 'x' is in the subsampled plate\\(s\\) 'data' \\(5 of 10\\) with no data "
+                                         "plate.*TraceIWAE_ELBO\\(plate=<the subsampled plate>\\)"):
+        TraceIWAE_ELBO(3).loss(model, guide)
+    # The named fix: 'data' as the data plate makes loc a global, drawn once: the ELBO on the same draw.
+    pyro.set_rng_seed(0)
+    expected = Trace_ELBO().loss(model, guide)
+    pyro.set_rng_seed(0)
+    assert TraceIWAE_ELBO(3, plate="data").loss(model, guide) == pytest.approx(expected, rel=1e-6)
