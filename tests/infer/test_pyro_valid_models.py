@@ -584,7 +584,7 @@ def gaussian_pair(mask=True, scale=1.0):
             pyro.sample("y", dist.Normal(x, 1.0), obs=torch.tensor(0.0))
 
     def guide():
-        pyro.sample("x", dist.Normal(pyro.param("loc", torch.tensor(0.0)), 1.0))
+        pyro.sample("x", dist.Normal(pyro.param("loc", torch.tensor(0.3)), 1.0))  # not the prior: DReG's gradient vanishes there
 
     return model, guide
 
@@ -613,7 +613,7 @@ def dirichlet_pair(mask=True, scale=1.0):
             pyro.sample("obs", dist.Dirichlet(c), obs=data)
 
     def guide():
-        loc = pyro.param("loc", torch.zeros(3))
+        loc = pyro.param("loc", torch.full((3,), 0.2))  # not the prior: DReG's gradient vanishes there
         scale_ = pyro.param("scale", torch.ones(3), constraint=constraints.positive)
         pyro.sample("c", dist.LogNormal(loc, scale_).to_event(1))
 
