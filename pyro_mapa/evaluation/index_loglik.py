@@ -85,7 +85,7 @@ def _log_mixture_normal(x: Tensor, means: Tensor, log_w: Tensor | None, sigma: f
     directly as ``Σ (x - μ)²`` instead.
     """
     mu = means.to(torch.float64)
-    centre = mu.mean(0)
+    centre = mu.detach().mean(0)  # any fixed point: the distances (and their gradients) do not depend on it
     x64 = (x.to(torch.float64).reshape(len(x), -1) - centre) / sigma
     mu = (mu - centre) / sigma
     d = mu.shape[1]
@@ -94,7 +94,7 @@ def _log_mixture_normal(x: Tensor, means: Tensor, log_w: Tensor | None, sigma: f
     x_sq = (x64 * x64).sum(1, keepdim=True)
     # A point inside the means' cloud (|x|² ≲ 3 max|μ|²) gets d2 / 2 wrong by up to ~8 eps max|μ|²;
     # a point far outside it has a proportionally larger distance, so its relative error stays ~eps.
-    direct = 8.0 * torch.finfo(torch.float64).eps * (float(mu_sq.max()) if len(mu) else 0.0) > _GEMM_TOLERANCE
+    direct = 8.0 * torch.finfo(torch.float64).eps * (float(mu_sq.detach().max()) if len(mu) else 0.0) > _GEMM_TOLERANCE
     g_chunk = min(len(mu), max(1, max_elements // (64 * d if direct else 64)))
     x_chunk = max(1, max_elements // (g_chunk * (d if direct else 1)))
     out = []

@@ -99,3 +99,46 @@ def test_gaussian_blocks_hold_at_most_max_elements_distances():
         log_mixture_likelihood(x, params, None, lik, 256)
     blocks = [math.prod(shape) for name, shape in rec.ops if name in ("mm", "addmm")]
     assert blocks and 128 <= max(blocks) <= 256, blocks
+
+
+def reference_mixture(x, means, sigma, log_w=None):
+    """float64 log Σ_g w_g N(x_n; μ_g, σ² I) from the exact differences (x - μ) / σ: no expansion, no σ²."""
+    u = (x.double().unsqueeze(1) - means.double().unsqueeze(0)) / sigma
+    d = u.shape[-1]
+    lp = -0.5 * (u * u).sum(-1) - d * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    if log_w is not None:
+        lp = lp + log_w.double()
+    return torch.logsumexp(lp, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1e-30, 1e-10, 1.0, 1e10, 1e20])
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4])
+def test_gaussian_gemm_far_from_the_origin_and_at_any_scale(offset, scale, dtype):
+    """Points and means at ``scale · (offset + N(0, 1))`` with σ = 0.01 · scale: the float64 GEMM path equals
+    the direct float64 reference to 1e-6 nats (its bound; float32 results round at 6e-8 relative). Without
+    centring the expansion errs by up to ~eps₆₄·||x||²/σ² (7e-4 nats at offset 1e4, 7e-8 at 1e2)."""
+    g = torch.Generator().manual_seed(int(offset) + 3)
+    x = (scale * (offset + torch.randn(40, 3, generator=g, dtype=torch.float64))).to(dtype)
+    means = (scale * (offset + torch.randn(25, 3, generator=g, dtype=torch.float64))).to(dtype)
+    sigma = 0.01 * scale
+    log_w = torch.log_softmax(torch.randn(25, generator=g, dtype=torch.float64), 0)
+    for w in (None, log_w):
+        with OpRecorder() as rec:
+            got = log_mixture_likelihood(x, means, w, NormalLikelihood(sigma), max_elements=256)
+        assert any(name in ("mm", "addmm") for name, _ in rec.ops), "centred data keep the fast GEMM path"
+        assert got.dtype == dtype
+        ref = reference_mixture(x, means, sigma, w)
+        rtol = 1e-7 if dtype == torch.float32 else 0.0
+        torch.testing.assert_close(got.double(), ref, rtol=rtol, atol=1e-6)
+
+
+def test_gaussian_far_spread_takes_the_direct_path():
+    """Means spread over 10^6 σ: the centred expansion could err by 1e-4 nats, so distances are summed directly."""
+    g = torch.Generator().manual_seed(5)
+    means = torch.randn(30, 2, generator=g, dtype=torch.float64) * 1e6
+    x = means[:10] + torch.randn(10, 2, generator=g, dtype=torch.float64)
+    with OpRecorder() as rec:
+        got = log_mixture_likelihood(x, means, None, NormalLikelihood(1.0))
+    assert not any(name in ("mm", "addmm") for name, _ in rec.ops)
+    torch.testing.assert_close(got, reference_mixture(x, means, 1.0), rtol=0, atol=1e-9)
