@@ -106,14 +106,14 @@ class KDEPrior:
     def log_prob(self, z: Tensor, chunk_size: int | None = None) -> Tensor:
         """:math:`\\log p(z)` for ``z`` of shape ``(..., d)``; returns ``(...)`` in the codes' dtype.
 
-        Query points are processed ``chunk_size`` at a time (default: about
+        Differentiable in ``z`` (a proposal is fitted through it). Query points are processed ``chunk_size`` at a time (default: about
         :math:`2^{22} / N`), so memory stays ``O(chunk_size · N)``.
         """
         z = check_latents(z, self.dim)
         n = self.codes.shape[0]
         if chunk_size is None:
             chunk_size = max(1, 2**22 // n)
-        flat = (z.detach().to(device=self.codes.device, dtype=torch.float64).reshape(-1, self.dim) - self._loc) / self._scale
+        flat = (z.to(device=self.codes.device, dtype=torch.float64).reshape(-1, self.dim) - self._loc) / self._scale
         white = torch.linalg.solve_triangular(self._chol, flat.T, upper=False).T / self.factor
         out = []
         for start in range(0, white.shape[0], chunk_size):

@@ -131,3 +131,16 @@ def test_missing_site_and_wrong_plate():
         PyroModelJoint(model, "z", plate="batch")(X, torch.zeros(1, 6, 1, dtype=F64))
     with pytest.raises(TypeError, match="prior must be a distribution"):
         PyroModelJoint(model, "z", prior="normal")
+
+
+def test_kde_prior_is_differentiable_in_z():
+    """A proposal is fitted through the prior's log-density: its gradient must be the closed form."""
+    codes = torch.randn(30, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    prior = KDEPrior(codes, bandwidth=0.5)
+    z = torch.cat([codes[:2], torch.randn(3, 2, generator=torch.Generator().manual_seed(5), dtype=F64)])
+    z.requires_grad_()
+    (got,) = torch.autograd.grad(prior.log_prob(z).sum(), z)
+    H = prior.kernel_cov
+    r = dist.MultivariateNormal(codes, H).log_prob(z.detach().unsqueeze(1)).softmax(-1)  # (n, N)
+    want = torch.einsum("ni,nid->nd", r, (codes.unsqueeze(0) - z.detach().unsqueeze(1)) @ torch.linalg.inv(H))
+    assert torch.allclose(got, want, atol=1e-10)
