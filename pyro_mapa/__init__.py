@@ -6,7 +6,7 @@ The whole public API, by layer (subpackage)::
     models       AmortizedCodebook, EmpiricalizedModel, VAEModel, MeanFieldGuide, mlp,
                  NormalLikelihood, BernoulliLikelihood, TableCategorical, UniformIndex,
                  LIDVAEDecoder, ICNN, BrenierMap (LIDVAE), FreeCodebook (free codes)
-    infer        empiricalize (any Pyro model), MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
+    infer        empiricalize (any Pyro model; EmpiricalizedPyroModel), MAPAGuide, TraceMAPA_ELBO, TraceIWAE_ELBO, TraceInfoVAE_ELBO (InfoVAE),
                  HamiltonianGuide (HVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood, exact_posterior, kl_to_posterior,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal

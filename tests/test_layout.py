@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "pyro_mapa"
 # Lower layers first; a module may import from its own layer or any layer before it.
 LAYERS = ["errors", "_io", "table", "models", "infer", "evaluation", "priors", "diagnostics", "training",
           "experiments", "cli", "__main__", "__init__"]
-PUBLIC_PYRO = {"pyro", "pyro.infer", "pyro.poutine", "pyro.distributions", "pyro.optim", "pyro.nn"}
+PUBLIC_PYRO = {"pyro", "pyro.infer", "pyro.infer.autoguide", "pyro.poutine", "pyro.distributions", "pyro.optim", "pyro.nn"}
 COMPAT = PACKAGE / "infer" / "_pyro_compat.py"
 MAX_LINES = 450
 

@@ -1,6 +1,6 @@
 """The one module that touches Pyro names its public modules do not export.
 
-Everything else in :mod:`pyro_mapa` imports only what ``pyro``, ``pyro.infer``,
+Everything else in :mod:`pyro_mapa` imports only what ``pyro``, ``pyro.infer`` (and ``pyro.infer.autoguide``),
 ``pyro.poutine``, ``pyro.distributions``, ``pyro.optim`` and ``pyro.nn`` export; when a Pyro
 release moves one of the internals below, this file (and its tests,
 ``tests/infer/test_pyro_compat.py``) is the only place to change. Checked with
