@@ -1,6 +1,6 @@
 """Step time where the networks dominate the cost, early (steps 1-10) and late (steps 200-210).
 
-Setting (issue 13): N = 5000 points of an 8-D manifold mapped into D = 784 by a fixed
+Setting: N = 5000 points of an 8-D manifold mapped into D = 784 by a fixed
 random MLP plus N(0, 0.1²) noise; d = 8; batch 100; Adam 1e-3; NormalLikelihood(0.1).
 Two network regimes:
   - "equal":       encoder and decoder MLPs 2x512;
@@ -27,7 +27,7 @@ Writes benchmarks/results/big_networks.json and prints Markdown tables. --quick 
 smoke run (seconds; N = 300, D = 32, d = 4, networks 2x32, or 2x16 / 2x64; 2 warm-up, 2 early
 and 3 late steps per repeat; one thread) written to <tmpdir>/big_networks_quick.json.
 --unmasked adds TraceMAPA_ELBO(5, 5) and TraceIWAE_ELBO(10) with the negligible-weight mask off
-(the computation before issue 13), interleaved with the masked ones: a before/after on the
+(the computation before that mask was added), interleaved with the masked ones: a before/after on the
 same machine (big_networks_unmasked.json).
 """
 
@@ -129,7 +129,7 @@ def run_interleaved(steppers: list[Stepper], batches: list[torch.Tensor]) -> dic
 
 
 def _unmasked(step_fn: Callable[[torch.Tensor], float]) -> Callable[[torch.Tensor], float]:
-    """The step with the negligible-weight mask turned off (as before issue 13), for before/after runs."""
+    """The step with the negligible-weight mask turned off (as before the mask was added), for before/after runs."""
 
     def step(batch: torch.Tensor) -> float:
         saved = iwae_elbo.negligible_log_ratio
@@ -287,7 +287,7 @@ def main() -> None:
                         help="a subset (TraceIWAE_ELBO(10) is always included: the reference)")
     parser.add_argument("--unmasked", action="store_true",
                         help="also time TraceMAPA_ELBO(5, 5) and TraceIWAE_ELBO(10) with the negligible-weight "
-                        "mask off (before/after issue 13), interleaved with the masked ones")
+                        "mask off (before/after the mask), interleaved with the masked ones")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     prov = provenance(vars(args), jobs=1, threads_per_job=args.threads)  # the code that runs: taken first

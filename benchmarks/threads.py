@@ -1,7 +1,7 @@
 """Times the demo's training (MAPA and a VAE on figure-8) with 1 and 2 torch threads, quiet and under load.
 
 The load is a second process spinning a torch matmul loop on ``--busy-threads`` threads (the
-situation of the issue: a 2-core machine shared with other work). Each configuration runs
+situation this benchmark is about: a 2-core machine shared with other work). Each configuration runs
 ``pyro_mapa.cli.run_demo`` in this process with ``num_threads`` set (the thread policy of
 ``pyro_mapa.training.threads``), and records its wall time, the per-method seconds per epoch and
 the printed numbers (which must not depend on the thread count). Writes JSON::
