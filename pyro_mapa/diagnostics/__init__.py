@@ -27,6 +27,7 @@ from .collapse import (
 from .compare import Comparison, PointwiseLogLikelihood, compare, pointwise_log_likelihood
 from .importance import ImportanceDiagnostics, importance_diagnostics, kish_ess
 from .inference_data import aggregate_posterior, to_inference_data
+from .normality import HenzeZirklerTest, henze_zirkler, henze_zirkler_beta, henze_zirkler_test
 from .proposal_quality import ProposalQuality, index_posterior, proposal_quality
 from .traces import TrainingTrace
 from .traversal import latent_traversal_figure
@@ -54,4 +55,8 @@ __all__ = [
     "kish_ess",
     "proposal_quality",
     "to_inference_data",
+    "HenzeZirklerTest",
+    "henze_zirkler",
+    "henze_zirkler_beta",
+    "henze_zirkler_test",
 ]
