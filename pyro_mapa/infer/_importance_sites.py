@@ -85,13 +85,15 @@ class ShareGlobals(Messenger):
     it draws has no particle dim and broadcasts against every particle.
     """
 
-    def __init__(self, plate: str) -> None:
+    def __init__(self, plate: str | None) -> None:
         super().__init__()
-        self.plate = plate
+        self.plate = plate  # None: share only the sites outside every plate (before the plate is known)
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["is_observed"] or msg["value"] is not None or msg.get("done", False):
             return
+        if self.plate is None and msg["cond_indep_stack"]:
+            return  # plate not known yet: only sites outside every plate are shared
         if any(f.name == self.plate for f in msg["cond_indep_stack"]):
             return
         msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])

@@ -5,13 +5,18 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro import poutine
 from pyro.infer import ELBO
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, check_count
 from ._importance_sites import ImportanceTerms, ShareGlobals, detect_data_plate, importance_terms
-from ._pyro_compat import QuietNestingGuess, get_importance_trace, get_traces
+from ._pyro_compat import (
+    VECTORIZED_PARTICLE_PLATE,
+    QuietNestingGuess,
+    get_importance_trace,
+    get_traces,
+    site_is_subsample,
+)
 
 __all__ = ["TraceIWAE_ELBO", "drop_negligible", "negligible_log_ratio"]
 
@@ -136,8 +141,15 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
         plate = self.plate
         if plate is None:
             if self._detected is _UNKNOWN:
-                with _rng_unchanged(), poutine.block():
-                    self._detected = detect_data_plate(poutine.trace(guide).get_trace(*args, **kwargs))
+                # The first step finds the data plate from its own guide trace (sites outside every
+                # plate shared); it is rerun with the same draws only when that sharing was wrong:
+                # no data plate, or globals inside another plate. Usually no extra network pass.
+                state = torch.get_rng_state()
+                model_trace, guide_trace = next(get_traces(self, model, _sharing_globals(guide, None), args, kwargs))
+                self._detected = detect_data_plate(guide_trace)
+                if self._detected is not None and not _has_plated_globals(guide_trace, self._detected):
+                    return self._detected, model_trace, guide_trace
+                torch.set_rng_state(state)  # no data plate (whole-trace IWAE), or globals in other plates
             plate = self._detected
         for _ in range(3):
             run_guide = guide if plate is None else _sharing_globals(guide, plate)
@@ -233,7 +245,18 @@ def _rng_unchanged():
     return torch.random.fork_rng(devices=devices)
 
 
-def _sharing_globals(guide, plate: str):
+def _has_plated_globals(guide_trace, plate: str) -> bool:
+    """Whether the guide has a latent site outside plate ``plate`` but inside another (not yet shared) plate."""
+    for site in guide_trace.nodes.values():
+        if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
+            continue
+        names = {f.name for f in site["cond_indep_stack"]} - {VECTORIZED_PARTICLE_PLATE}
+        if names and plate not in names:
+            return True
+    return False
+
+
+def _sharing_globals(guide, plate: str | None):
     def run(*args, **kwargs):
         with ShareGlobals(plate):
             return guide(*args, **kwargs)
