@@ -51,7 +51,7 @@ def run(args) -> dict:
                 pyro.clear_param_store()
                 setup = build_method(method, train, lik, latent_dim=d, hidden=(128, 128), seed=0)
                 t0 = time.perf_counter()
-                res = fit(setup.model, setup.guide, setup.loss, len(train), epochs=args.epochs,
+                res = fit(setup.model, setup.guide, setup.loss, len(train), epochs=args.epochs, num_threads=args.threads,
                           lr=1e-3, progress=not args.quick, desc=f"{kind} d={d} {method}")
                 train_s = time.perf_counter() - t0
                 learned = setup.learned_model(flow_steps=args.flow_steps)

@@ -79,7 +79,7 @@ def main() -> None:
         pyro.clear_param_store()
         setup = build_method(method, train, lik, latent_dim=2, hidden=(64, 64), seed=0,
                              table=table if method == "MAPA" else None)
-        res = fit(setup.model, setup.guide, setup.loss, len(train), epochs=args.epochs,
+        res = fit(setup.model, setup.guide, setup.loss, len(train), epochs=args.epochs, num_threads=args.threads,
                   progress=not args.quick, desc=method)
         learned = setup.learned_model(flow_steps=300 if args.quick else 2000)
         ll = learned.log_prob(test, num_points=args.grid)

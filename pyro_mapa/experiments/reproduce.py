@@ -191,7 +191,8 @@ def _run_job(job: dict[str, Any], st: ReproductionSettings) -> dict[str, Any]:
             options = {"hidden": st.hidden, "num_top": k, "num_samples": s, "num_particles": p, "table": table,
                        **method_kwargs, "options": opts}
             setup = build_method(method, ds.train, ds.likelihood, seed=seed, **options)
-            fitted = setup.train(len(ds.train), epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, seed=seed)
+            fitted = setup.train(len(ds.train), epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, seed=seed,
+                                 progress=False)
             learned = setup.learned_model(seed=seed)
             valid_ll = float(learned.log_prob(ds.valid, st.quadrature_points).mean())
             rec = {

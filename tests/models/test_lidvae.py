@@ -62,7 +62,10 @@ def test_shapes_dtype_and_beta_matrix():
     beta = dec.beta.weight
     torch.testing.assert_close(torch.linalg.svdvals(beta), torch.tensor([3.0, 0.05], dtype=torch.float64))
     torch.testing.assert_close(dec.g2(dec.beta(dec.g1(z))), out)
-    torch.testing.assert_close(dec.beta(z), z @ beta.T)
+    u, v, s = dec.beta.u(), dec.beta.v(), dec.beta.singular_values()  # beta = U diag(s) V^T, orthonormal U, V
+    torch.testing.assert_close(u.T @ u, torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(v.T @ v, torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(beta, u @ torch.diag(s) @ v.T)
 
 
 @pytest.mark.parametrize("d, D, singular", [(2, 5, [0.05, 3.0]), (1, 3, [0.2]), (3, 3, [0.1, 1.0, 8.0])])
