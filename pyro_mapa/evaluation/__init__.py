@@ -12,6 +12,7 @@
   prior by a handler, the per-point log joint, grid and importance-sampling log-likelihoods.
 """
 
+from .code_mixture_proposal import CodeMixtureProposal
 from .exact import (
     empirical_log_likelihood,
     gauss_legendre_grid,
@@ -43,6 +44,7 @@ from .pyro_model import (
 )
 
 __all__ = [
+    "CodeMixtureProposal",
     "GridMassError",
     "GridPosterior",
     "LatentGrid",

@@ -99,10 +99,14 @@ class LearnedModel:
         return grid_log_likelihood(x64, dec64, lambda z: self.log_prior(z).double(), self.likelihood,
                                    low, high, num_points=n)
 
-    def importance_log_prob(self, x: Tensor, num_samples: int = 1000, fit_steps: int = 2000, seed: int = 0):
+    def importance_log_prob(
+        self, x: Tensor, num_samples: int = 1000, fit_steps: int = 2000, seed: int = 0, proposal=None
+    ):
         """``log p(x)`` by importance sampling with a fitted mixture proposal (any ``d``).
 
         A Gaussian-copula prior is integrated in ``u`` (standard normal), through :meth:`decode`.
+        ``proposal`` (e.g. a :class:`~pyro_mapa.evaluation.CodeMixtureProposal` for a smoothed
+        MAPA model) replaces the fitted one.
 
         Returns:
             :class:`~pyro_mapa.evaluation.ImportanceEstimate` (``log_px``, ``stderr``, ``log_weights``).
@@ -112,7 +116,8 @@ class LearnedModel:
             decode, log_prior = self.decode, LearnedModel(self.decoder, self.likelihood, None, self.latent_dim).log_prior
         else:
             decode, log_prior = self.decoder, self.log_prior
-        proposal = fit_proposal(x, decode, log_prior, self.likelihood, self.latent_dim, steps=fit_steps, seed=seed)
+        if proposal is None:
+            proposal = fit_proposal(x, decode, log_prior, self.likelihood, self.latent_dim, steps=fit_steps, seed=seed)
         return importance_log_likelihood(x, decode, log_prior, self.likelihood, proposal,
                                          num_samples=num_samples, generator=torch.Generator().manual_seed(seed))
 

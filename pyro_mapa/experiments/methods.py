@@ -57,7 +57,7 @@ from ..models import (
     VAEModel,
     mlp,
 )
-from ..priors import FlowPrior, GaussianCopulaPrior
+from ..priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
 from ..table.posterior_table import PosteriorTable
 from ..training.fit import FitResult, fit
 from ..training.libi import fit_libi
@@ -68,6 +68,7 @@ __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_meth
 METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "RenyiELBO", "InfoVAE", "HVAE",
            "LIDVAE", "MAPA-LIDVAE", "LiBI")
 MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "MAPA-LIDVAE")
+SMOOTHED_METHODS = ("MAPA",)  # options={"tau": τ}: codes smoothed by N(0, (τ s)^2), see AmortizedCodebook
 
 # Small grids chosen on validation log-likelihood by `pyro-mapa reproduce` (one setting per data set and
 # draw, together with the restart). (alpha, lambda) = (0, 1) is the plain VAE, left out on purpose.
@@ -145,7 +146,9 @@ class MethodSetup:
         if isinstance(self.model, EmpiricalizedModel):
             with torch.no_grad():
                 codes = self.model.codebook.codes()
-            if codes.shape[-1] == 1:
+            if getattr(self.model.codebook, "tau", 0.0) > 0:  # the smoothed model's own prior: nothing to fit
+                prior = CodeMixturePrior(codes, self.model.codebook.smoothing_scale())
+            elif codes.shape[-1] == 1:
                 prior = GaussianCopulaPrior(codes)
             else:
                 prior = FlowPrior.fit(codes, steps=flow_steps, seed=seed)
@@ -206,13 +209,20 @@ def build_method(
             the data with the likelihood's kernel for ``MAPA``, ``MAPA-free`` and ``MAPA-LIDVAE``;
             uniform for ``MAPA-naive``).
         seed: Seeds the network initialization.
-        options: Per-method settings over :data:`DEFAULT_OPTIONS` (InfoVAE: ``alpha``, ``lambda_``,
+        options: Per-method settings over :data:`DEFAULT_OPTIONS` (MAPA: ``tau``, smoothed codes;
+            InfoVAE: ``alpha``, ``lambda_``,
             ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
             LIDVAE: ``hidden``, ``strength``; LiBI: ``stage1_fraction``).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     opts = {**DEFAULT_OPTIONS.get(name, {}), **(options or {})}
+    if opts.get("tau", 0.0) and name not in SMOOTHED_METHODS:
+        raise ValueError(
+            f"options tau (smoothed codes) is defined for {', '.join(SMOOTHED_METHODS)} only: {name} has "
+            + ("no codes of its own (its table is given, not learned from an encoder)" if name in MAPA_METHODS
+               else "no empiricalized codes")
+        )
     latent_dim = check_positive_int(latent_dim, "latent_dim")  # MAPA's codebook would train d = 0 codes
     torch.manual_seed(seed)
     n, d_obs = data.shape
@@ -254,7 +264,7 @@ def build_method(
         encoder = codebook  # the codes are its only parameters
     else:
         encoder = mlp(d_obs, latent_dim, hidden)
-        codebook = AmortizedCodebook(encoder, decoder, data)
+        codebook = AmortizedCodebook(encoder, decoder, data, tau=opts.get("tau", 0.0))
     model = EmpiricalizedModel(codebook, likelihood)
     guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data
     loss = TraceMAPA_ELBO(num_top, num_samples, max_plate_nesting=1)

@@ -7,14 +7,17 @@ it into a generative prior, so the original model generates and is evaluated lik
 - :class:`FlowPrior`: a normalizing flow (zuko's NSF or MAF) fitted by maximum likelihood
   to the standardized codes, with early stopping on held-out codes.
 - :class:`KDEPrior`: a Gaussian kernel density estimate, no fitting, ``O(N)`` per density.
+- :class:`CodeMixturePrior`: the smoothed empiricalized model's own prior (an equal-weight
+  Gaussian mixture on the codes of scale ``tau * code_scale``): nothing to recover.
 
 :class:`FlowPrior` and :class:`KDEPrior` give :meth:`~FlowPrior.distribution`, a Pyro
 distribution over :math:`\\mathbb R^d`, usable as ``pyro.sample("z", prior.distribution())``.
 """
 
+from .code_mixture import CodeMixturePrior
 from .copula import GaussianCopulaPrior
 from .distribution import PriorDistribution
 from .flow import FlowPrior
 from .kde import KDEPrior
 
-__all__ = ["FlowPrior", "GaussianCopulaPrior", "KDEPrior", "PriorDistribution"]
+__all__ = ["CodeMixturePrior", "FlowPrior", "GaussianCopulaPrior", "KDEPrior", "PriorDistribution"]
