@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # docs/design.md joins these checks once its references are updated (see the module docstring).
-PENDING = {ROOT / "docs" / "design.md"}
+PENDING: set = set()
 DOCS = sorted(p for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")] if p not in PENDING)
 FOLDERS = ("tests", "pyro_mapa", "scripts", "examples", "docs", "benchmarks", "experiments", "tutorials")
 # A path: a top-level folder, then path characters (a glob's * included); not part of a longer word or URL.

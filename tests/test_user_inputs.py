@@ -1,6 +1,6 @@
 """Inputs a new user plausibly passes: each gets a clear TypeError/ValueError naming the argument and the fix, or is converted.
 
-One test per case of issue 12 (docs/reliability.md's bad-input table): float64 data with
+One test per case of the bad-input table (docs/reliability.md's bad-input table): float64 data with
 float32 networks, float/list/NumPy/negative/too large batch indices, data on the ``meta``
 device, NumPy data, a table built on other data (refused without ``MAPAGuide(data=)``),
 NaN/inf and wrong shapes.

@@ -1,4 +1,4 @@
-"""Posterior-collapse and identifiability diagnostics, exact on a grid for ``d ≤ 2`` (SEED_METHODS.md).
+"""Posterior-collapse and identifiability diagnostics, exact on a grid for ``d ≤ 2`` (docs/method.md §11).
 
 With data :math:`x_{1..n}`, prior :math:`p(z) = \\mathcal N(0, I)`, a guide :math:`q(z \\mid x)` and
 :math:`q_{agg}(z) = \\frac1n \\sum_n q(z \\mid x_n)`:

@@ -1,4 +1,4 @@
-"""Is the fixed MAPA table a good proposal for the model that was learned? (METHOD.md §3, exact for moderate N.)"""
+"""Is the fixed MAPA table a good proposal for the model that was learned? (docs/method.md §3, exact for moderate N.)"""
 
 from __future__ import annotations
 

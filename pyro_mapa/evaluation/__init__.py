@@ -1,4 +1,4 @@
-"""Log-likelihood evaluators (METHOD.md §7).
+"""Log-likelihood evaluators (docs/method.md §7).
 
 - Exact (:mod:`.exact`): the empiricalized model by enumeration, 1-D latents by quadrature,
   1-D and 2-D latents under any prior by grid quadrature. All rest on the one

@@ -1,4 +1,4 @@
-"""Exact log-likelihoods (METHOD.md §7): enumeration of the empiricalized model, quadrature in d = 1 and 2."""
+"""Exact log-likelihoods (docs/method.md §7): enumeration of the empiricalized model, quadrature in d = 1 and 2."""
 
 from __future__ import annotations
 

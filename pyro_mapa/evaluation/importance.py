@@ -1,4 +1,4 @@
-"""Importance sampling for any latent dimension (METHOD.md §7, App. D.1).
+"""Importance sampling for any latent dimension (docs/method.md §7, App. D.1).
 
 :func:`importance_log_likelihood` estimates :math:`\\log p(x)` with a Monte-Carlo standard
 error and keeps the log-weights for diagnostics; :func:`stratified_iwae_bound` is the

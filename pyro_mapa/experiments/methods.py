@@ -1,4 +1,4 @@
-"""The compared methods as (model, guide, loss) triples over one decoder architecture (§6, METHOD.md §7).
+"""The compared methods as (model, guide, loss) triples over one decoder architecture (§6, docs/method.md §7).
 
 =============  ===============================  ======================================
 method         guide                            loss

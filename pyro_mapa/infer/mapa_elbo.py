@@ -46,7 +46,7 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
 
     and the estimate of :math:`\\log p(X)` is :math:`(N/|B|) \\sum_{n \\in B} L_n`: the
     minibatch scale is applied *after* the per-point logsumexp, so the estimate stays
-    a lower bound in expectation (unlike ``RenyiELBO``, METHOD.md §9).
+    a lower bound in expectation (unlike ``RenyiELBO``, docs/method.md §9).
 
     The ``-log N`` (or any prior over the index) is the model's own log-probability of
     the index site. The model is run once per step with the index site forced to the

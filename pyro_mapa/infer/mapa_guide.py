@@ -45,7 +45,7 @@ class MAPAGuide:
     :math:`\\log p - \\log q` of the globals once. Composing the two guides in an
     :class:`~pyro.infer.autoguide.AutoGuideList` works the same way.
 
-    The guide has no parameters and nothing in it is differentiated (METHOD.md §5,
+    The guide has no parameters and nothing in it is differentiated (docs/method.md §5,
     fact 5).
 
     A table built on other data than the model's (a stale cache, another split) is

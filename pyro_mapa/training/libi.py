@@ -5,7 +5,7 @@ ignores, and an aggregate posterior that does not match the prior) to two causes
 generative model is non-identifiable, and the ELBO is biased toward generative models whose
 posteriors are easy to approximate. LiBI removes the bias by not letting the inference model
 shape the generative model. The paper's code is not public; this is our reading of its
-abstract (SEED_METHODS.md):
+abstract (docs/method.md §10.4):
 
 1. **Stage 1** maximizes :math:`\\sum_n \\log \\int p_\\theta(x_n \\mid f_\\theta(z))\\, \\mathcal N(z; 0, I)\\, dz`
    over the decoder alone, with Adam on minibatches (loss :math:`-\\frac{N}{B} \\sum_{n \\in B} \\log p_\\theta(x_n)`).

@@ -1,4 +1,4 @@
-"""Provenance, determinism and ``reproduce --check`` (issue 15)."""
+"""Provenance, determinism and ``reproduce --check``."""
 
 import importlib.metadata
 import importlib.util

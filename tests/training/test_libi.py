@@ -251,7 +251,7 @@ def test_bad_arguments_and_a_stale_param_store_are_refused(circle):
 
 @pytest.mark.slow
 def test_libi_gap_is_below_the_vaes_where_the_vae_encoder_is_poor():
-    """SEED_METHODS.md's LiBI check, on the committed collapse run's absolute-value jobs replayed with their
+    """The LiBI check of docs/results.md (collapse section), on the committed collapse run's absolute-value jobs replayed with their
     recorded seeds and settings (200 epochs each, about a minute): the exact E_x KL(q(z|x) || p(z|x)) of
     LiBI's stage-2 guide is below the jointly trained VAE's, whose encoder is poor there."""
     from pathlib import Path

@@ -38,7 +38,7 @@ def build(name, ds, **kw):
 def test_methods_list():
     assert METHODS == (
         "VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive",  # the paper's methods
-        "MAPA-free",  # free codes (issue 13)
+        "MAPA-free",  # free codes (one per point, no encoder)
         "RenyiELBO", "InfoVAE", "HVAE", "LIDVAE", "MAPA-LIDVAE", "LiBI",  # the seed methods
     )
 
