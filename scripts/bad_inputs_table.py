@@ -30,10 +30,14 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import Trace_ELBO
 from torch import nn
 
 from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
-                       NormalLikelihood, PosteriorTable, TraceIWAE_ELBO, TraceMAPA_ELBO, empiricalize, mlp)
+                       MeanFieldGuide, NormalLikelihood, PosteriorTable, TraceInfoVAE_ELBO, TraceIWAE_ELBO,
+                       TraceMAPA_ELBO, VAEModel, empiricalize, mlp)
+from pyro_mapa.experiments.learned_model import LearnedModel
+from pyro_mapa.experiments.methods import build_method
 from pyro_mapa.training import fit
 from pyro_mapa.training.checkpoint import load_checkpoint
 
@@ -115,6 +119,11 @@ def _decoder_turns_nan(s: SimpleNamespace) -> None:
     fit(model, MAPAGuide(s.T), TraceMAPA_ELBO(1, 1), len(s.X), epochs=1, progress=False)
 
 
+def _vae(s: SimpleNamespace) -> tuple:
+    """A tiny VAE (model, guide, loss) on ``s.X``."""
+    return VAEModel(mlp(1, 2, (4,)), s.X, 1, NormalLikelihood(0.5)), MeanFieldGuide(mlp(2, 2, (4,)), s.X, 1), Trace_ELBO()
+
+
 def setup(folder: str) -> SimpleNamespace:
     """The shared small objects of the cases; damaged files are written into ``folder``."""
     torch.manual_seed(0)
@@ -175,6 +184,26 @@ CASES: dict[str, Callable[[SimpleNamespace], Any]] = {
     "empiricalize: encoder of the wrong output size": lambda s: _empiricalized_loss(s, encoder=nn.Linear(2, 3)),
     "empiricalize: a global latent without a guide": lambda s: _empiricalized_loss(s, global_scale=True),
     "decoder turns NaN during training": _decoder_turns_nan,
+    "fit: num_points differs from the model's data": lambda s: fit(
+        *_vae(s), num_points=10, epochs=1, progress=False),
+    "fit: lr = 0": lambda s: fit(*_vae(s), epochs=1, lr=0.0, progress=False),
+    "fit: seed not an int": lambda s: fit(*_vae(s), epochs=1, seed=1.5, progress=False),
+    "fit: num_threads = 0": lambda s: fit(*_vae(s), epochs=1, num_threads=0, progress=False),
+    "VAE guide built on other data": lambda s: fit(
+        VAEModel(mlp(1, 2, (4,)), s.X, 1, NormalLikelihood(0.5)), MeanFieldGuide(mlp(2, 2, (4,)), s.X + 1, 1),
+        Trace_ELBO(), epochs=1, progress=False),
+    "decoder input size differs from latent_dim": lambda s: LearnedModel(mlp(3, 2), NormalLikelihood(0.5), latent_dim=2),
+    "test points with another number of columns": lambda s: LearnedModel(
+        mlp(1, 2), NormalLikelihood(0.5)).log_prob(torch.zeros(3, 3)),
+    "test point with NaN": lambda s: LearnedModel(mlp(1, 2), NormalLikelihood(0.5)).log_prob(
+        torch.tensor([[0.0, 1.0], [float("nan"), 0.0]])),
+    "latent_dim = 0": lambda s: build_method("MAPA", s.X, NormalLikelihood(0.5), latent_dim=0),
+    "noise scale with unequal values": lambda s: NormalLikelihood(torch.tensor([0.05, 0.1])),
+    "InfoVAE alpha > 1": lambda s: TraceInfoVAE_ELBO(alpha=2.0, lambda_=1.0),
+    "InfoVAE lambda_ = 0": lambda s: TraceInfoVAE_ELBO(lambda_=0.0),
+    "smoothed codes: tau < 0": lambda s: AmortizedCodebook(mlp(2, 1), mlp(1, 2), s.X, tau=-0.5),
+    "smoothed codes asked of a method without learned codes": lambda s: build_method(
+        "MAPA-naive", s.X, NormalLikelihood(0.5), options={"tau": 0.5}),
     "truncated table file": lambda s: PosteriorTable.load(s.dir / "cut.pt"),
     "altered table file": lambda s: PosteriorTable.load(s.dir / "tam.pt"),
     "foreign checkpoint": lambda s: load_checkpoint(s.dir / "c.ckpt"),
