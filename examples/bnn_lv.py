@@ -32,8 +32,10 @@ N(0, γ²)`` (or, for MAPA's empiricalized prior, the exact average over the ``N
 codes), and the ``y`` integral of the KL by trapezoid quadrature under each Gaussian
 component of ``p_true`` (:func:`kl_to_truth`).
 
-Not implemented: the BNN+LV paper's own mitigation. Its abstract (our only source,
-SEED_METHODS.md) says the authors "develop a novel inference procedure that explicitly
+Not implemented: the BNN+LV paper's own mitigation (Yacoby, Pan and Doshi-Velez, "Mitigating
+the Effects of Non-Identifiability on Inference for Bayesian Neural Networks with Latent
+Variables", JMLR 2022, arXiv:1911.00569; docs/method.md §10.5). Its abstract says the authors
+"develop a novel inference procedure that explicitly
 mitigates the effects of likelihood non-identifiability during training"; the procedure
 itself is not described there, so it is not built here and neither method below is it.
 Both methods fit the same model; only the posterior over ``z_n`` (and hence how explanatory
