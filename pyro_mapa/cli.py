@@ -15,9 +15,8 @@ __all__ = ["main", "run_demo"]
 QUICK_HELP = (
     "circle only: 1,000 training points, 100 epochs (1,000 gradient steps) per method, one draw, one "
     "restart, plus a 4-point cost sweep. Every method learns the curve (test KL far below a Gaussian "
-    "fit's; MAPA-naive least), but these are one draw's numbers, not the paper's table. Measured: 39 s of "
-    "CPU time in all, 104-112 s wall with --jobs 2 on a 2-core VM shared with other work (load average "
-    "9-12); from the CPU time, about 25 s on two idle cores"
+    "fit's; MAPA-naive least), but these are one draw's numbers, not the paper's table; the JSON and the "
+    "figures say 'quick'. Takes about a minute of CPU time on a 2-core VM (more when the machine is busy)"
 )
 
 
@@ -211,7 +210,7 @@ def _reproduce(args: argparse.Namespace, argv: Sequence[str] | None = None) -> i
 
 def _add_reproduce(sub) -> None:
     rep = sub.add_parser(
-        "reproduce", help="run the paper's experiments, write results and figures (or --check recorded ones)",
+        "reproduce", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="run the paper's experiments, write results and figures (or --check recorded ones)",
         description="Runs the paper's experiments (docs/results.md) and writes paper_reproduction.json, "
         "raw_results.json (every job with its seeds; both with the provenance: commit, libraries, threads) "
         "and figures. For given settings, machine and --jobs, two runs write identical numbers "
@@ -250,7 +249,7 @@ def _add_reproduce(sub) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyro-mapa", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train MAPA and a VAE on figure-8 and compare test log-likelihoods")
+    demo = sub.add_parser("demo", formatter_class=argparse.ArgumentDefaultsHelpFormatter, help="train MAPA and a VAE on figure-8 and compare test log-likelihoods")
     demo.add_argument("--epochs", type=int, default=200)
     demo.add_argument("--num-train", type=int, default=1000)
     demo.add_argument("--num-test", type=int, default=2000)

@@ -55,7 +55,7 @@ def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
     fig.suptitle("Learned densities p(x) (first draw, best restart by validation LL)\n"
                  "equal units on both axes; brighter = denser", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, st)
     plt.close(fig)
 
 
@@ -77,7 +77,7 @@ def plot_kl_vs_passes(summary: dict[str, Any], st, path: Path) -> None:
         ax.set_ylabel("test KL")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, st)
     plt.close(fig)
 
 
@@ -137,7 +137,7 @@ def plot_posterior_trends(st, path: Path, test_points: int = 3) -> None:
             if i == 0 and j == 0:
                 ax.legend(fontsize=6, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, st)
     plt.close(fig)
 
 
@@ -215,9 +215,17 @@ def plot_non_identifiability(results: list[dict[str, Any]], st, path: Path) -> d
         ax.set_ylim(float(log_q[order].min()) - 10, 1)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path, st)
     plt.close(fig)
     return summary
+
+
+def _save(fig, path: Path, st) -> None:
+    """Saves a figure; a quick run's figures say so in a banner across the top."""
+    if getattr(st, "quick", False):
+        fig.text(0.5, 0.999, "QUICK RUN (reproduce --quick): one draw, one restart, not the paper's numbers",
+                 ha="center", va="top", fontsize=8, color="darkred")
+    fig.savefig(path, dpi=90)
 
 
 def make_all(results: list[dict[str, Any]], summary: dict[str, Any], st, output: Path) -> None:

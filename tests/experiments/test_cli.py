@@ -72,6 +72,7 @@ def test_reproduce_quick_writes_schema_and_figures(tmp_path, capsys):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (method, key)
     assert entry["IWAE"]["passes_per_point_per_step"] == pytest.approx(11.0)  # 1 encoder + 10 decoder rows
     assert data["settings"]["epochs"] == 2 and data["settings"]["draws"] == 1
+    assert data["settings"]["quick"] is True  # a quick run says so in its JSON (and on its figures)
     assert data["provenance"]["command"].startswith("pyro-mapa reproduce --quick")
     # The sweep points equal to a main job (MAPA K=5 S=5, IWAE S=10, one restart) are that job.
     sweep = {r["label"]: r for r in data["sweep"]["circle"]}
