@@ -2,12 +2,21 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pyro_mapa.experiments.datasets import DATASET_NAMES, SIGMA, load_dataset, true_decoder
+from pyro_mapa.experiments.datasets import (
+    ALL_DATASET_NAMES,
+    DATASET_NAMES,
+    LIBI_DATASET_NAMES,
+    SIGMA,
+    load_dataset,
+    true_decoder,
+)
 
 NAMES = ["figure8", "circle", "absolute_value", "clusters", "spiral_dots"]
+LIBI_NAMES = ["linear_jtex", "cubic_jtex", "gaussian_4d", "mobius"]
 # Mean true test log-likelihood over 2000 test points (DATASETS.md).
 REFERENCE_TEST_LL = {
     "figure8": -0.34,
@@ -70,6 +79,8 @@ def brute_log_prob(name, x, num=200001, lim=9.0):
 
 def test_dataset_names():
     assert set(DATASET_NAMES) == set(NAMES)
+    assert set(LIBI_DATASET_NAMES) == set(LIBI_NAMES)
+    assert ALL_DATASET_NAMES == DATASET_NAMES + LIBI_DATASET_NAMES
     assert SIGMA == 0.05
 
 
@@ -90,7 +101,7 @@ def test_shapes_and_defaults(name):
         assert torch.isfinite(t).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + LIBI_NAMES)
 def test_same_seed_reproduces_and_different_seed_differs(name):
     a = load_dataset(name, num_train=200, num_valid=100, num_test=100, seed=3)
     b = load_dataset(name, num_train=200, num_valid=100, num_test=100, seed=3)
@@ -105,7 +116,7 @@ def test_same_seed_reproduces_and_different_seed_differs(name):
     assert torch.equal(a.train, d.train)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + LIBI_NAMES)
 def test_splits_differ_from_each_other(name):
     ds = load_dataset(name, num_train=300, num_valid=300, num_test=300, seed=0)
     assert not torch.allclose(ds.train, ds.valid)
@@ -195,18 +206,29 @@ def test_unknown_name_raises_value_error_naming_the_choices():
         load_dataset("moons")
     msg = str(err.value)
     assert "moons" in msg
-    for name in NAMES:
+    for name in NAMES + LIBI_NAMES:
         assert name in msg
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="mobius"):
         true_decoder("Figure8")
+    with pytest.raises(ValueError, match="linear_jtex"):
+        load_dataset("LinearJTEx")
 
 
-@pytest.mark.parametrize("bad", [0, -5, 2.5])
-def test_bad_sizes_raise(bad):
-    with pytest.raises(ValueError):
-        load_dataset("circle", num_train=bad)
-    with pytest.raises(ValueError):
-        load_dataset("circle", num_test=bad)
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+@pytest.mark.parametrize("name", ["circle", "mobius"])
+def test_bad_sizes_raise(bad, name):
+    with pytest.raises(ValueError, match="num_train"):
+        load_dataset(name, num_train=bad)
+    with pytest.raises(ValueError, match="num_test"):
+        load_dataset(name, num_test=bad)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, float("nan"), float("inf"), "0.1"])
+def test_bad_sigma_raises(bad):
+    with pytest.raises(ValueError, match="sigma"):
+        load_dataset("circle", sigma=bad)
+    with pytest.raises(ValueError, match="sigma"):
+        load_dataset("linear_jtex", sigma=bad)
 
 
 def test_surrogate_network_truth_tracks_the_formula():
@@ -226,3 +248,286 @@ def test_surrogate_network_truth_tracks_the_formula():
     assert abs(float(ds.true_log_prob(ds.test).mean()) - float(ref.true_log_prob(ref.test).mean())) < 0.2
     with pytest.raises(ValueError, match="truth"):
         load_dataset("circle", truth="gan")
+
+
+# ---------------------------------------------------------------------------------------------
+# LiBI's four data sets (Yacoby, Pan and Doshi-Velez 2020; docs/datasets.md, SEED_METHODS.md).
+# Independent float64 transcriptions of the spec, in plain Python where possible.
+
+F64 = torch.float64
+SPEC_A = [[0.75, 0.25], [1.5, -1.0]]
+SPEC_B = 0.006
+SPEC_SIGMA2 = 0.01
+SPEC_G = [[-0.7074, 0.0995, 0.0286, 0.1240], [0.7074, 0.9948, -0.9995, 0.9920]]
+SPEC_SIGMA = {
+    "linear_jtex": math.sqrt(0.004), "cubic_jtex": math.sqrt(0.004), "gaussian_4d": 1e-3, "mobius": 10**-2.5
+}
+
+
+def spec_jtex_cov():
+    """A Aᵀ + B, by hand."""
+    (a, b), (c, d) = SPEC_A
+    return [[a * a + b * b + SPEC_B, a * c + b * d], [a * c + b * d, c * c + d * d + SPEC_B]]
+
+
+def spec_jtex_l():
+    """Cholesky factor of A Aᵀ + B, the 2x2 formula written out."""
+    (c00, c01), (_, c11) = spec_jtex_cov()
+    l00 = math.sqrt(c00)
+    l10 = c01 / l00
+    return torch.tensor([[l00, 0.0], [l10, math.sqrt(c11 - l10 * l10)]], dtype=F64)
+
+
+def spec_mobius(z1, z2):
+    w = complex(z1, z2)
+    y = (1 * w + (1 + 4j)) / (1 * w + (7 + 4j))
+    return (y.real, y.imag)
+
+
+def _log_normal_2d(u, cov):
+    """log N(u; 0, cov) for 2x2 cov given as nested lists, u (..., 2)."""
+    (c00, c01), (_, c11) = cov
+    det = c00 * c11 - c01 * c01
+    q = (c11 * u[..., 0] ** 2 - 2 * c01 * u[..., 0] * u[..., 1] + c00 * u[..., 1] ** 2) / det
+    return -0.5 * q - math.log(2 * math.pi) - 0.5 * math.log(det)
+
+
+@pytest.mark.parametrize("name", LIBI_NAMES)
+def test_libi_shapes_and_defaults(name):
+    from pyro_mapa.experiments.datasets import LiBIDataset
+
+    ds = load_dataset(name, seed=0)
+    dim = 4 if name == "gaussian_4d" else 2
+    assert isinstance(ds, LiBIDataset) and ds.name == name
+    for split in ("train", "valid", "test"):
+        assert getattr(ds, split).shape == (500, dim) and getattr(ds, f"{split}_z").shape == (500, 2)
+        assert getattr(ds, split).dtype == torch.float32 and torch.isfinite(getattr(ds, split)).all()
+    assert ds.sigma == pytest.approx(SPEC_SIGMA[name], rel=1e-14) and ds.likelihood.sigma == ds.sigma
+    small = load_dataset(name, num_train=7, num_valid=3, num_test=2, seed=1)
+    assert (len(small.train), len(small.valid), len(small.test), len(small.test_z)) == (7, 3, 2, 2)
+    lp = ds.true_log_prob(ds.test[:5])
+    assert lp.shape == (5,) and lp.dtype == torch.float32 and torch.isfinite(lp).all()
+    assert ds.true_log_prob(ds.test[:5].double()).dtype == F64
+    with pytest.raises(ValueError, match="truth"):
+        load_dataset(name, truth="network")
+    with pytest.raises(ValueError, match=f"x must have shape \\(N, {dim}\\)"):
+        ds.true_log_prob(torch.zeros(3, dim + 1))
+    with pytest.raises(ValueError, match="x contains NaN"):
+        ds.true_log_prob(torch.full((2, dim), float("nan")))
+
+
+@pytest.mark.parametrize("name", LIBI_NAMES)
+def test_libi_decoders_match_the_spec(name):
+    from pyro_mapa.experiments.datasets import mobius, mobius_network
+
+    z = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    got = true_decoder(name)(z)
+    if name == "mobius":
+        ref = torch.tensor([spec_mobius(*map(float, r)) for r in z], dtype=F64)
+        torch.testing.assert_close(mobius(z), ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got, mobius_network()(z), rtol=0, atol=0)
+        # The committed network approximates m: 6.4e-4 mean error (sigma = 3.2e-3); a wrong file or
+        # a wrong map is off by more than 0.1.
+        err = (got - ref).norm(dim=-1)
+        assert float(err.mean()) < 2e-3 and float(err.max()) < 0.02
+        return
+    lin = z @ (torch.tensor(SPEC_G, dtype=F64) if name == "gaussian_4d" else spec_jtex_l().T)
+    ref = lin**3 if name == "cubic_jtex" else lin
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    assert true_decoder(name)(z.float()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", LIBI_NAMES)
+def test_libi_draws_follow_the_generative_model(name):
+    n = 4000
+    ds = load_dataset(name, num_train=n, num_valid=2, num_test=2, seed=2)
+    z = ds.train_z.double()
+    assert float(z.mean(0).abs().max()) < 5 / math.sqrt(n)
+    cov = torch.cov(z.T)
+    assert float((cov - torch.eye(2, dtype=F64)).abs().max()) < 5 * math.sqrt(2 / n)
+    resid = ds.train.double() - ds.decoder(z)
+    s = SPEC_SIGMA[name]
+    assert float(resid.mean(0).abs().max()) < 5 * s / math.sqrt(n)
+    assert float((resid.std(0) / s - 1).abs().max()) < 5 / math.sqrt(2 * n)
+    # The noise is independent of z (no leftover of f in the residual).
+    corr = torch.corrcoef(torch.cat([resid, z], 1).T)[: resid.shape[1], -2:]
+    assert float(corr.abs().max()) < 5 / math.sqrt(n)
+
+
+def test_linear_densities_are_the_spec_gaussians():
+    from scipy.stats import multivariate_normal
+
+    for name, cov in (
+        ("linear_jtex", np.array(SPEC_A) @ np.array(SPEC_A).T + SPEC_SIGMA2 * np.eye(2)),
+        ("gaussian_4d", np.array(SPEC_G).T @ np.array(SPEC_G) + 1e-6 * np.eye(4)),
+    ):
+        ds = load_dataset(name, num_train=100_000, num_valid=2, num_test=50, seed=0)
+        x = torch.cat([ds.test.double(), ds.test[:5].double() * 1.5])
+        ref = multivariate_normal(np.zeros(len(cov)), cov).logpdf(x.numpy())
+        torch.testing.assert_close(ds.true_log_prob(x), torch.from_numpy(ref), rtol=1e-10, atol=1e-10)
+        # The draws have that covariance (a draw with B left out, or L transposed, would not).
+        emp = np.cov(ds.train.double().numpy().T)
+        se = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / len(ds.train))
+        assert (np.abs(emp - cov) < 5 * se).all()
+
+
+
+
+
+def test_linear_jtex_closed_form_equals_quadrature_and_integrates_to_one():
+    ds = load_dataset("linear_jtex", num_train=2, num_valid=2, num_test=4, seed=0)
+    x = torch.cat([ds.test.double(), torch.tensor([[0.0, 0.0], [0.3, -2.0]], dtype=F64)])
+    # p(x) = ∫ N(z; 0, I) N(x; L z, s² I) dz, midpoint rule on [-8, 8]^2, h = 0.02 (the likelihood's
+    # width in z is >= 0.06: spectral accuracy).
+    h = 0.02
+    g = -8 + h * (torch.arange(800, dtype=F64) + 0.5)
+    z = torch.cartesian_prod(g, g)
+    mean = z @ spec_jtex_l().T
+    s2 = SPEC_SIGMA2 - SPEC_B
+    ref = torch.stack([
+        torch.logsumexp(-0.5 * (z**2).sum(-1) - 0.5 * ((xi - mean) ** 2).sum(-1) / s2, 0)
+        + 2 * math.log(h) - math.log(2 * math.pi) - math.log(2 * math.pi * s2)
+        for xi in x
+    ])
+    torch.testing.assert_close(ds.true_log_prob(x), ref, rtol=0, atol=1e-10)
+    # The density integrates to 1 (D = 2): midpoint rule over [-12, 12]^2 (> 6.5 sd on each axis).
+    h = 0.06
+    g = -12 + h * (torch.arange(400, dtype=F64) + 0.5)
+    mass = ds.true_log_prob(torch.cartesian_prod(g, g)).exp().sum() * h * h
+    assert float(mass) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_gaussian_4d_closed_form_equals_quadrature():
+    ds = load_dataset("gaussian_4d", num_train=2, num_valid=2, num_test=3, seed=0)
+    x = torch.cat([ds.test.double(), ds.test[:1].double() + 2e-3])
+    a = torch.tensor(SPEC_G, dtype=F64)  # (2, 4); x = Aᵀ z + ε = z @ A + ε
+    s2 = 1e-6
+    prec = torch.eye(2, dtype=F64) + a @ a.T / s2  # the posterior's precision
+    out = []
+    for xi in x:
+        centre = torch.linalg.solve(prec, a @ xi / s2)  # posterior mean; sd <= 1e-3
+        h = 1e-4
+        g = -0.01 + h * (torch.arange(200, dtype=F64) + 0.5)
+        z = centre + torch.cartesian_prod(g, g)
+        lp = -0.5 * (z**2).sum(-1) - 0.5 * ((xi - z @ a) ** 2).sum(-1) / s2
+        const = 2 * math.log(h) - math.log(2 * math.pi) - 2 * math.log(2 * math.pi * s2)
+        out.append(torch.logsumexp(lp, 0) + const)
+    torch.testing.assert_close(ds.true_log_prob(x), torch.stack(out), rtol=0, atol=1e-9)
+
+
+def brute_cubic(x, h=1e-3, lim=8.0):
+    """log p(x) for CubicJTEx on a uniform grid of u = L z over [-lim, lim]^2, keeping only the nodes
+    where each likelihood factor exceeds exp(-60) (its product with anything else is negligible)."""
+    cov = spec_jtex_cov()
+    s2 = SPEC_SIGMA2 - SPEC_B
+    u = torch.arange(-lim, lim + h / 2, h, dtype=F64)
+    out = []
+    for xi in x.tolist():
+        ll = [-((xi[i] - u**3) ** 2) / (2 * s2) for i in range(2)]
+        keep = [ll[i] > -60 for i in range(2)]
+        uu = torch.stack(torch.meshgrid(u[keep[0]], u[keep[1]], indexing="ij"), -1)
+        lp = _log_normal_2d(uu, cov) + ll[0][keep[0]][:, None] + ll[1][keep[1]][None, :]
+        out.append(torch.logsumexp(lp.flatten(), 0) + 2 * math.log(h) - math.log(2 * math.pi * s2))
+    return torch.tensor(out, dtype=F64)
+
+
+def test_cubic_jtex_density_matches_brute_force_quadrature():
+    ds = load_dataset("cubic_jtex", num_train=2, num_valid=2, num_test=8, seed=0)
+    # Test points, the origin (where u³ is flat), and points whose box straddles u = 0.
+    extra = torch.tensor([[0.0, 0.0], [0.05, -0.02], [0.57, -0.57]], dtype=F64)
+    x = torch.cat([ds.test[[0, 1, 3, 6]].double(), extra])
+    torch.testing.assert_close(ds.true_log_prob(x), brute_cubic(x), rtol=0, atol=1e-9)
+
+
+def test_cubic_jtex_density_matches_monte_carlo_from_the_generating_process():
+    ds = load_dataset("cubic_jtex", num_train=2, num_valid=2, num_test=2, seed=0)
+    g = torch.Generator().manual_seed(7)
+    z = torch.randn(1_000_000, 2, generator=g, dtype=F64)
+    means = ds.decoder(z)
+    s2 = ds.sigma**2
+    for xi in torch.tensor([[0.0, 0.0], [0.05, -0.02]], dtype=F64):
+        w = torch.exp(-((xi - means) ** 2).sum(-1) / (2 * s2)) / (2 * math.pi * s2)
+        se = float(w.std() / w.mean()) / math.sqrt(len(w))  # relative standard error, about 3e-3
+        assert abs(math.log(float(w.mean())) - float(ds.true_log_prob(xi[None]))) < 4 * se
+
+
+def test_mobius_network_is_injective_on_the_disc():
+    """det J > 0 on the disc |z| <= 7 and the image of its boundary is a simple closed curve: then f is
+    injective on the disc (a local diffeomorphism of a disc that is injective on its boundary)."""
+    import json
+
+    from pyro_mapa.experiments.datasets import _MOBIUS_FILE, MOBIUS_RADIUS, mobius_network
+
+    net = mobius_network()
+    g = torch.linspace(-MOBIUS_RADIUS, MOBIUS_RADIUS, 281, dtype=F64)
+    z = torch.cartesian_prod(g, g)
+    z = z[z.norm(dim=-1) <= MOBIUS_RADIUS]
+    det = torch.linalg.det(torch.func.vmap(torch.func.jacrev(net))(z))
+    assert float(det.min()) > 1e-4  # measured: 3.0e-4
+    t = torch.linspace(0, 2 * math.pi, 2001, dtype=F64)[:-1]
+    p = net(MOBIUS_RADIUS * torch.stack([t.cos(), t.sin()], -1))
+    r = p.roll(-1, 0) - p
+
+    def cross(a, b):
+        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+    d = p[None] - p[:, None]
+    den = cross(r[:, None], r[None])
+    tt, uu = cross(d, r[None]) / den, cross(d, r[:, None]) / den
+    idx = torch.arange(len(p))
+    gap = (idx[:, None] - idx[None]).abs()
+    crossing = (tt > 0) & (tt < 1) & (uu > 0) & (uu < 1) & (gap > 1) & (gap < len(p) - 1)
+    assert not bool(crossing.any())
+    # The file holds float32 values exactly (so float32 and float64 networks share weights).
+    state = json.loads(_MOBIUS_FILE.read_text())["state_dict"]
+    w = torch.tensor(state["0.weight"], dtype=F64)
+    assert w.shape == (50, 2) and torch.equal(w.float().double(), w)
+
+
+def brute_mobius(x, sigma, h=0.02, sub=6, lim=7.0):
+    """log p(x) for Mobius without Newton: a 0.02-grid of cells over [-7, 7]^2 (no injectivity assumed),
+    every cell whose image can come within 10 sigma of x (|f(c) - x| < 10 sigma + 1.5 * the largest
+    neighbour difference of f at c) refined by a 6x6 midpoint rule."""
+    from pyro_mapa.experiments.datasets import mobius_network
+
+    net = mobius_network()
+    n = int(round(2 * lim / h))
+    c = (-lim + h * (torch.arange(n, dtype=F64) + 0.5))
+    centres = torch.stack(torch.meshgrid(c, c, indexing="ij"), -1)
+    fc = net(centres)
+    spread = torch.zeros(n, n, dtype=F64)
+    for dim in (0, 1):
+        diff = (fc.roll(1, dim) - fc).norm(dim=-1)
+        spread = torch.maximum(spread, torch.maximum(diff, diff.roll(-1, dim)))
+    o = (torch.arange(sub, dtype=F64) + 0.5) / sub * h - h / 2
+    offsets = torch.cartesian_prod(o, o)
+    out = []
+    for xi in x:
+        near = (fc - xi).norm(dim=-1) < 10 * sigma + 1.5 * spread
+        z = (centres[near][:, None] + offsets).reshape(-1, 2)
+        lp = -0.5 * (z**2).sum(-1) - 0.5 * ((net(z) - xi) ** 2).sum(-1) / sigma**2
+        const = 2 * math.log(h / sub) - math.log(2 * math.pi) - math.log(2 * math.pi * sigma**2)
+        out.append(torch.logsumexp(lp, 0) + const)
+    return torch.stack(out)
+
+
+def test_mobius_density_matches_brute_force_quadrature():
+    ds = load_dataset("mobius", num_train=2, num_valid=2, num_test=3, seed=0)
+    x = torch.cat([ds.test.double(), ds.test[:1].double() + 0.005])  # + 0.005: 1.5 sigma off the data
+    torch.testing.assert_close(ds.true_log_prob(x), brute_mobius(x, ds.sigma), rtol=0, atol=1e-9)
+
+
+def test_mobius_density_integrates_to_one():
+    """∫ p(x) dx = ∫ p(f(u)) |det J_f(u)| du (f injective on the disc): midpoint rule over [-5, 5]^2 in u,
+    where N(0, I) has all but 1.15e-6 of its mass."""
+    from pyro_mapa.experiments.datasets import mobius_network
+
+    ds = load_dataset("mobius", num_train=2, num_valid=2, num_test=2, seed=0)
+    net = mobius_network()
+    h = 0.25
+    g = -5 + h * (torch.arange(40, dtype=F64) + 0.5)
+    u = torch.cartesian_prod(g, g)
+    jac_det = torch.linalg.det(torch.func.vmap(torch.func.jacrev(net))(u))
+    mass = (ds.true_log_prob(net(u)).exp() * jac_det).sum() * h * h
+    inside = math.erf(5 / math.sqrt(2)) ** 2
+    assert float(mass) == pytest.approx(inside, abs=2e-6)
