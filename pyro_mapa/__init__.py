@@ -10,7 +10,8 @@ The whole public API, by layer (subpackage)::
                  HamiltonianGuide (HVAE)
     evaluation   empirical_log_likelihood, quadrature_log_likelihood, exact_posterior, kl_to_posterior,
                  fit_proposal, importance_log_likelihood (d > 2), ImportanceEstimate, MixtureProposal
-    priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior
+    priors       GaussianCopulaPrior (d = 1), FlowPrior (zuko), KDEPrior, CodeMixturePrior (smoothed codes),
+                 LearnedModel (decoder plus prior: the trained generative model)
     diagnostics  to_inference_data, collapse_diagnostics (more in pyro_mapa.diagnostics)
     errors       NonFiniteLossError
 
@@ -57,7 +58,7 @@ from .models import (
     VAEModel,
     mlp,
 )
-from .priors import FlowPrior, GaussianCopulaPrior, KDEPrior
+from .priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior, KDEPrior, LearnedModel
 from .table import BernoulliKernel, GaussianKernel, PosteriorTable, ProximityKernel
 
 __version__ = "0.1.0"
@@ -67,6 +68,7 @@ __all__ = [
     "BernoulliKernel",
     "BernoulliLikelihood",
     "BrenierMap",
+    "CodeMixturePrior",
     "EmpiricalizedModel",
     "EmpiricalizedPyroModel",
     "FlowPrior",
@@ -77,6 +79,7 @@ __all__ = [
     "ICNN",
     "ImportanceEstimate",
     "KDEPrior",
+    "LearnedModel",
     "LIDVAEDecoder",
     "MAPAGuide",
     "MeanFieldGuide",

@@ -36,7 +36,7 @@ from torch import nn
 from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
                        MeanFieldGuide, NormalLikelihood, PosteriorTable, TraceInfoVAE_ELBO, TraceIWAE_ELBO,
                        TraceMAPA_ELBO, VAEModel, empiricalize, mlp)
-from pyro_mapa.experiments.learned_model import LearnedModel
+from pyro_mapa.priors import LearnedModel
 from pyro_mapa.experiments.methods import build_method
 from pyro_mapa.training import fit
 from pyro_mapa.training.checkpoint import load_checkpoint

@@ -27,7 +27,7 @@ from pyro_mapa import (
     mlp,
 )
 from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import LearnedModel
+from pyro_mapa import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 
 smoke_test = "CI" in os.environ

@@ -36,7 +36,7 @@ from pyro_mapa import (
     mlp,
 )
 from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import LearnedModel
+from pyro_mapa import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 from pyro_mapa.training import fit_libi
 

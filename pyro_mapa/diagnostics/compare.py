@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from ..evaluation.fit_proposal import fit_proposal
 from ..evaluation.importance import ImportanceEstimate, check_data, importance_log_likelihood
 from ..priors.copula import GaussianCopulaPrior
+from ..priors.learned_model import LearnedModel
 from . import _arviz_compat as compat
 from .importance import ImportanceDiagnostics, importance_diagnostics
 
@@ -95,9 +96,8 @@ def _is_method_setup(model: Any) -> bool:
 
 
 def _is_learned_model(model: Any) -> bool:
-    """A :class:`~pyro_mapa.experiments.methods.LearnedModel`: decoder, prior, likelihood and latent size."""
-    return all(hasattr(model, a) for a in ("decoder", "decode", "prior", "log_prior", "likelihood", "latent_dim",
-                                           "log_prob"))
+    """A :class:`~pyro_mapa.priors.LearnedModel`: decoder, prior, likelihood and latent size."""
+    return isinstance(model, LearnedModel)
 
 
 def _standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -150,7 +150,7 @@ def pointwise_log_likelihood(
     Arguments:
         model: A :class:`~pyro_mapa.experiments.methods.MethodSetup` (its
             ``learned_model(seed=seed)`` is used), a
-            :class:`~pyro_mapa.experiments.methods.LearnedModel`, anything with
+            :class:`~pyro_mapa.priors.LearnedModel`, anything with
             ``log_prob(x)`` returning ``(n,)`` values or an
             :class:`~pyro_mapa.evaluation.ImportanceEstimate`, or such a result itself
             (a ``(n,)`` tensor / array or an ``ImportanceEstimate``).

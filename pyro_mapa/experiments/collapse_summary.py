@@ -11,7 +11,7 @@ from ..diagnostics.collapse import collapse_diagnostics
 from ..errors import check_positive_int
 from ..evaluation.latent_posterior import GridMassError, exact_posterior, kl_to_posterior
 from ..models import EmpiricalizedModel, MeanFieldGuide
-from .learned_model import LearnedModel
+from ..priors.learned_model import LearnedModel
 from .methods import MethodSetup
 
 __all__ = ["collapse_summary", "guide_posterior_kl"]

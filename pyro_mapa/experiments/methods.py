@@ -61,7 +61,7 @@ from ..priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
 from ..table.posterior_table import PosteriorTable
 from ..training.fit import FitResult, fit
 from ..training.libi import fit_libi
-from .learned_model import LearnedModel
+from ..priors.learned_model import LearnedModel
 
 __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
 

@@ -10,6 +10,9 @@ it into a generative prior, so the original model generates and is evaluated lik
 - :class:`CodeMixturePrior`: the smoothed empiricalized model's own prior (an equal-weight
   Gaussian mixture on the codes of scale ``tau * code_scale``): nothing to recover.
 
+:class:`LearnedModel` is the trained generative model: a decoder with one of these priors (or the
+standard normal), with exact (``d <= 2``) and importance-sampled log-likelihoods.
+
 :class:`FlowPrior` and :class:`KDEPrior` give :meth:`~FlowPrior.distribution`, a Pyro
 distribution over :math:`\\mathbb R^d`, usable as ``pyro.sample("z", prior.distribution())``.
 """
@@ -19,5 +22,6 @@ from .copula import GaussianCopulaPrior
 from .distribution import PriorDistribution
 from .flow import FlowPrior
 from .kde import KDEPrior
+from .learned_model import LearnedModel
 
-__all__ = ["CodeMixturePrior", "FlowPrior", "GaussianCopulaPrior", "KDEPrior", "PriorDistribution"]
+__all__ = ["CodeMixturePrior", "FlowPrior", "GaussianCopulaPrior", "KDEPrior", "LearnedModel", "PriorDistribution"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pyro_mapa import NormalLikelihood, mlp
-from pyro_mapa.experiments.learned_model import LearnedModel
+from pyro_mapa.priors import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 
 
