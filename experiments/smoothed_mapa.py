@@ -5,8 +5,8 @@ points and free between them. With ``build_method("MAPA", ..., options={"tau": �
 code is a Gaussian of scale ``τ s`` (``s`` the codes' spread) and the model's prior is the
 mixture over codes (``CodeMixturePrior``), evaluated as it is: exactly on a grid for
 ``d <= 2``, and for ``d = 8`` by importance sampling with ``CodeMixtureProposal`` (the codes
-of the kernel-nearest training points plus a 10 % defensive share of the prior), with
-Pareto k̂. τ is chosen on the validation log-likelihood; τ = 0 is today's MAPA (prior
+of the 50 kernel-nearest training points, weighted by the model's likelihood at each code, plus a
+10 % defensive share of the prior), with Pareto k̂. τ is chosen on the validation log-likelihood; τ = 0 is today's MAPA (prior
 recovered by a flow, d > 1, or a copula, d = 1). IWAE has the same networks.
 
 Run:  python experiments/smoothed_mapa.py [--output docs/results/smoothed_mapa.json]
@@ -40,7 +40,11 @@ def evaluate_importance(setup, learned, x, args, seed=0):
     if cb is not None and getattr(cb, "tau", 0.0) > 0:
         with torch.no_grad():
             codes = cb.codes()
-        proposal = CodeMixtureProposal(cb.data, codes, cb.smoothing_scale(), setup.likelihood.kernel(), widen=1.5)
+        decoder, lik = setup.decoder, setup.likelihood
+        proposal = CodeMixtureProposal(
+            cb.data, codes, cb.smoothing_scale(), lik.kernel(), num_components=min(50, len(codes)), widen=1.0,
+            log_likelihood=lambda xb, z: lik(decoder(z)).log_prob(xb),
+        )
     est = learned.importance_log_prob(x, num_samples=args.is_samples, fit_steps=args.proposal_steps, seed=seed,
                                       proposal=proposal)
     k = torch.as_tensor(importance_diagnostics(est.log_weights).pareto_k)

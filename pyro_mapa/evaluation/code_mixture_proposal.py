@@ -11,8 +11,10 @@ proposal is
                  + ε\\, p(z),
     \\qquad α_m(x) \\propto κ(x, x_{i_m}),
 
-with :math:`i_1..i_M` the ``M`` training points of largest kernel value :math:`κ(x, x_i)`,
-``σ`` the codes' smoothing scale, ``ρ >= 1`` a widening, and a defensive share ``ε`` of the
+with :math:`i_1..i_M` the ``M`` training points of largest kernel value :math:`κ(x, x_i)`
+(or, given ``log_likelihood``, weights :math:`α_m(x) \\propto p(x \\mid f(z_{i_m}))`: the model's own
+likelihood at each candidate code, closer to the posterior over the code than the data-space kernel),
+``σ`` the codes' smoothing scale, ``ρ > 0`` a widening (below 1 when the likelihood is sharp), and a defensive share ``ε`` of the
 prior itself, which bounds every weight by :math:`p(x \\mid z) / ε` (finite variance;
 Hesterberg, 1995). Any ``ε > 0`` keeps the importance estimate unbiased.
 """
@@ -36,8 +38,11 @@ class CodeMixtureProposal:
         scale: ``σ``, the smoothing scale (a number or ``(d,)``).
         kernel: A :class:`~pyro_mapa.ProximityKernel` (``log_kernel(x, y)``), e.g. the table's.
         num_components: ``M``.
-        widen: ``ρ >= 1``, the components' scale relative to ``σ``.
+        widen: ``ρ > 0``, the components' scale relative to ``σ``.
         defensive: ``ε`` in ``(0, 1)``, the prior's share.
+        log_likelihood: Optional ``log_likelihood(x, z)`` (``z`` ``(M, n, d)`` -> ``(M, n)``), the model's
+            :math:`\\log p(x \\mid f(z))`; if given, the ``M`` candidates are weighted by it instead of
+            by the kernel.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class CodeMixtureProposal:
         num_components: int = 20,
         widen: float = 1.0,
         defensive: float = 0.1,
+        log_likelihood=None,
     ) -> None:
         if train_x.dim() != 2 or codes.dim() != 2 or train_x.shape[0] != codes.shape[0]:
             raise ValueError(
@@ -57,8 +63,8 @@ class CodeMixtureProposal:
             )
         if not 1 <= int(num_components) <= codes.shape[0]:
             raise ValueError(f"num_components must lie in [1, N={codes.shape[0]}], got {num_components}")
-        if not widen >= 1:
-            raise ValueError(f"widen must be >= 1 (the components may only be wider than the codes' own), got {widen}")
+        if not (isinstance(widen, (int, float)) and 0 < widen < float("inf")):
+            raise ValueError(f"widen must be a positive number (the components' scale relative to the codes'), got {widen}")
         if not 0 < defensive < 1:
             raise ValueError(f"defensive must lie in (0, 1): a positive share of the prior keeps the weights bounded, got {defensive}")
         self.train_x = train_x
@@ -70,12 +76,17 @@ class CodeMixtureProposal:
         self.num_components = int(num_components)
         self.widen = float(widen)
         self.defensive = float(defensive)
+        self.log_likelihood = log_likelihood
 
     def _components(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(n, M)`` log mixture weights and ``(n, M)`` code indices."""
         logk = self.kernel.log_kernel(x, self.train_x)  # (n, N)
         top = torch.topk(logk, self.num_components, dim=-1)
-        return torch.log_softmax(top.values, -1).to(self.codes.dtype), top.indices
+        if self.log_likelihood is None:
+            return torch.log_softmax(top.values, -1).to(self.codes.dtype), top.indices
+        with torch.no_grad():
+            ll = self.log_likelihood(x, self.codes[top.indices].transpose(0, 1))  # (M, n)
+        return torch.log_softmax(ll.T.to(self.codes.dtype), -1), top.indices
 
     def _log_normal(self, z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         u = (z - loc) / scale

@@ -138,6 +138,6 @@ def test_code_proposal_bad_arguments():
     with pytest.raises(ValueError, match="defensive"):
         CodeMixtureProposal(x, codes, 0.1, k, num_components=5, defensive=0.0)
     with pytest.raises(ValueError, match="widen"):
-        CodeMixtureProposal(x, codes, 0.1, k, num_components=5, widen=0.5)
+        CodeMixtureProposal(x, codes, 0.1, k, num_components=5, widen=0.0)
     with pytest.raises(ValueError, match="one row per training point"):
         CodeMixtureProposal(x, codes[:5], 0.1, k, num_components=5)
