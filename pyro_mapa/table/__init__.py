@@ -3,6 +3,8 @@
 - :mod:`.kernels`: :class:`ProximityKernel`, :class:`GaussianKernel`, :class:`BernoulliKernel`.
 - :mod:`.build`: exact row-blocked building (one GEMM per block); :mod:`.neighbors`: the
   approximate-neighbour (faiss HNSW) backend.
+- :mod:`.distances`: the distance step both use: centred, scaled data, the arithmetic chosen by
+  an error bound (float32 GEMM, float64 GEMM or direct float64 sums), own entries exactly zero.
 - :mod:`.sampling`: remainder sampling with and without replacement, as pure tensor functions.
 - :mod:`.counter_rng`: counter-based uniforms, so draws are a pure function of (seed, step, row, slot).
 - :mod:`.posterior_table`: :class:`PosteriorTable`, a thin holder of the sorted rows.
