@@ -124,10 +124,15 @@ def test_smoothed_model_evaluated_by_the_code_proposal_agrees_with_the_exact_gri
     x_test = x[:25] + 0.05 * torch.randn(25, 2)
     exact = learned.log_prob(x_test)
     codes = setup.model.codebook.codes().detach()
-    proposal = CodeMixtureProposal(x, codes, setup.model.codebook.smoothing_scale(), lik.kernel(), widen=1.5)
-    est = learned.importance_log_prob(x_test, num_samples=2000, proposal=proposal)
-    assert bool(((est.log_px.double() - exact).abs() < 4 * est.stderr.double() + 2e-3).all())
-    assert float(torch.as_tensor(importance_diagnostics(est.log_weights).pareto_k).median()) < 0.7
+    scale = setup.model.codebook.smoothing_scale()
+    by_likelihood = lambda xb, z: lik(setup.decoder(z)).log_prob(xb)  # noqa: E731
+    for proposal in (
+        CodeMixtureProposal(x, codes, scale, lik.kernel(), widen=1.5),
+        CodeMixtureProposal(x, codes, scale, lik.kernel(), num_components=50, log_likelihood=by_likelihood),
+    ):
+        est = learned.importance_log_prob(x_test, num_samples=2000, proposal=proposal)
+        assert bool(((est.log_px.double() - exact).abs() < 4 * est.stderr.double() + 2e-3).all())
+        assert float(torch.as_tensor(importance_diagnostics(est.log_weights).pareto_k).median()) < 0.7
 
 
 def test_code_proposal_bad_arguments():
