@@ -128,8 +128,15 @@ def to_inference_data(
     log_lik: dict[str, list] = {}
     observed: dict[str, np.ndarray] = {}
     log_weights = []
-    for _ in range(num_draws):
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+    lent = isinstance(guide, MAPAGuide) and guide.model is None and guide.create_plates is None
+    if lent:  # the guide follows the model's minibatch through the model given here
+        guide.model = model
+    try:
+        traces = [poutine.trace(guide).get_trace(*args, **kwargs) for _ in range(num_draws)]
+    finally:
+        if lent:
+            guide.model = None
+    for guide_trace in traces:
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         lw = None
         for name, site in model_trace.nodes.items():
