@@ -451,6 +451,21 @@ def test_cubic_jtex_density_matches_monte_carlo_from_the_generating_process():
         assert abs(math.log(float(w.mean())) - float(ds.true_log_prob(xi[None]))) < 4 * se
 
 
+def test_cubic_jtex_region_probability_matches_its_draws():
+    """P(x in R) from 200k draws of the data set against ∫_R p(x) dx (midpoint rule, h = 0.02); R is
+    a box where L z and Lᵀ z differ by 30% in probability (0.0153 against 0.0105), 3% of it here."""
+    ds = load_dataset("cubic_jtex", num_train=200_000, num_valid=2, num_test=2, seed=1)
+    (x0, x1), (y0, y1) = (-1.0, -0.1), (0.2, 1.5)
+    x = ds.train.double()
+    frac = float(((x[:, 0] > x0) & (x[:, 0] < x1) & (x[:, 1] > y0) & (x[:, 1] < y1)).double().mean())
+    h = 0.02
+    gx = x0 + h * (torch.arange(45, dtype=F64) + 0.5)
+    gy = y0 + h * (torch.arange(65, dtype=F64) + 0.5)
+    prob = float(ds.true_log_prob(torch.cartesian_prod(gx, gy), num_points=64).exp().sum()) * h * h
+    se = math.sqrt(prob * (1 - prob) / len(x))
+    assert 0.012 < prob < 0.018 and abs(frac - prob) < 4 * se
+
+
 def test_mobius_network_is_injective_on_the_disc():
     """det J > 0 on the disc |z| <= 7 and the image of its boundary is a simple closed curve: then f is
     injective on the disc (a local diffeomorphism of a disc that is injective on its boundary)."""
@@ -530,4 +545,4 @@ def test_mobius_density_integrates_to_one():
     jac_det = torch.linalg.det(torch.func.vmap(torch.func.jacrev(net))(u))
     mass = (ds.true_log_prob(net(u)).exp() * jac_det).sum() * h * h
     inside = math.erf(5 / math.sqrt(2)) ** 2
-    assert float(mass) == pytest.approx(inside, abs=2e-6)
+    assert float(mass) == pytest.approx(inside, abs=1e-7)  # measured: 2.3e-8 off
