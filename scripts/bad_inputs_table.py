@@ -36,7 +36,7 @@ from torch import nn
 from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
                        MeanFieldGuide, NormalLikelihood, PosteriorTable, TraceInfoVAE_ELBO, TraceIWAE_ELBO,
                        TraceMAPA_ELBO, VAEModel, empiricalize, mlp)
-from pyro_mapa.priors import LearnedModel
+from pyro_mapa.priors import GaussianCopulaPrior, KDEPrior, LearnedModel
 from pyro_mapa.experiments.methods import build_method
 from pyro_mapa.training import fit
 from pyro_mapa.training.checkpoint import load_checkpoint
@@ -183,6 +183,15 @@ CASES: dict[str, Callable[[SimpleNamespace], Any]] = {
     "empiricalize: rows of another length than the plate": lambda s: _empiricalized_loss(s, rows=torch.arange(3)),
     "empiricalize: encoder of the wrong output size": lambda s: _empiricalized_loss(s, encoder=nn.Linear(2, 3)),
     "empiricalize: a global latent without a guide": lambda s: _empiricalized_loss(s, global_scale=True),
+    "device = 'meta'": lambda s: PosteriorTable.from_data(s.X, s.K, device="meta"),
+    "from_log_probs with max_support > N": lambda s: PosteriorTable.from_log_probs(torch.zeros(4, 4), max_support=5),
+    "cache_dir is a file": lambda s: PosteriorTable.cached(s.X, s.K, s.dir / "t.pt"),
+    "save to a directory": lambda s: s.T.save(s.dir),
+    "remainder uniforms outside (0, 1]": lambda s: s.T.sample_remainder(
+        torch.arange(2), 1, 2, uniforms=torch.full((2, 2), -1.0)),
+    "codes on a line (KDE prior)": lambda s: KDEPrior(torch.cat([s.X[:, :1], 2 * s.X[:, :1]], 1)),
+    "a constant code dimension (KDE prior)": lambda s: KDEPrior(torch.cat([s.X[:, :1], torch.ones(20, 1)], 1)),
+    "copula prior of 2-D codes": lambda s: GaussianCopulaPrior(s.X),
     "decoder turns NaN during training": _decoder_turns_nan,
     "fit: num_points differs from the model's data": lambda s: fit(
         *_vae(s), num_points=10, epochs=1, progress=False),

@@ -20,7 +20,7 @@ __all__ = ["FlowPrior"]
 
 
 class FlowPrior(nn.Module):
-    """A normalizing-flow density over ``d``-dimensional codes, for ``d >= 1`` (METHOD.md §6).
+    """A normalizing-flow density over ``d``-dimensional codes, for ``d >= 1`` (docs/method.md §6).
 
     The codes are standardized, :math:`y = (z - m) / s` with the per-dimension mean
     ``m`` and standard deviation ``s`` of the training codes, and a zuko flow

@@ -1,4 +1,4 @@
-"""Proximity kernels between observations, on log scale (METHOD.md §4).
+"""Proximity kernels between observations, on log scale (docs/method.md §4).
 
 A kernel :math:`\\kappa(x, x')` defines the MAPA posterior approximation
 
@@ -23,6 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -163,8 +164,12 @@ class ProximityKernel(ABC):
 
 
 def _positive_float(value: Any, name: str, hint: str) -> float:
+    one_tensor = isinstance(value, Tensor) and value.numel() == 1 and not value.dtype.is_complex
+    one_array = isinstance(value, np.ndarray) and value.size == 1 and value.dtype.kind in "iuf"
+    if (one_tensor and value.dtype != torch.bool) or one_array:
+        value = value.item()  # a one-element tensor or array, as a user computing sigma would pass
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a float (or a one-element tensor), got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value}; {hint}")

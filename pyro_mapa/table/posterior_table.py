@@ -4,7 +4,7 @@
 
 Each row ``n`` is stored sorted by decreasing probability: ``indices[n, :]`` (``M`` columns) and
 ``log_probs[n, :]``, normalized by the *exact* normalizer over all ``N`` columns. ``M = N`` is exact;
-``M < N`` (``max_support``) drops the tail, which keeps the MAPA bound valid (METHOD.md §5, fact 8) at
+``M < N`` (``max_support``) drops the tail, which keeps the MAPA bound valid (docs/method.md §5, fact 8) at
 memory ``O(N·M)``. Sorted rows make ``top_k`` a slice and the remainder a contiguous block.
 
 This class is a thin holder: building is :mod:`~pyro_mapa.table.build`, remainder

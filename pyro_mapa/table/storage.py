@@ -73,13 +73,28 @@ def save_table(table: PosteriorTable, path: str | os.PathLike) -> None:
 
 def load_table(cls: type[PosteriorTable], path: str | os.PathLike) -> PosteriorTable:
     """Reads a table written by :func:`save_table`; a truncated or altered file raises ``ValueError``."""
+    expected = "a file written by PosteriorTable.save (a zip archive holding 'meta' and the table's tensors)"
     try:
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path!s} is empty, not {expected}; rebuild the table with PosteriorTable.from_data")
+        with open(path, "rb") as f:
+            head = f.read(16)
+        if not head.startswith(b"PK"):  # a damaged archive still starts so, and is reported below
+            raise ValueError(f"{path!s} is not a zip archive (it starts with {head!r}), not {expected}")
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        meta = json.loads(payload["meta"])
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):
         raise
-    except Exception as e:  # torch raises several types for damaged files
-        raise ValueError(f"could not read a PosteriorTable from {path!s}: {e}") from e
+    except Exception as e:  # torch raises several types for damaged or foreign files
+        raise ValueError(
+            f"could not read a PosteriorTable from {path!s} ({type(e).__name__}: {e}); expected {expected}"
+        ) from e
+    if not isinstance(payload, dict) or not isinstance(payload.get("meta"), str):
+        found = type(payload).__name__ + (f" with keys {sorted(map(str, payload))[:5]}" if isinstance(payload, dict) else "")
+        raise ValueError(f"{path!s} holds a {found}, not {expected}; it is not a pyro_mapa PosteriorTable file")
+    try:
+        meta = json.loads(payload["meta"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path!s} has an unreadable 'meta' entry ({e}); expected {expected}") from e
     if meta.get("format") != FORMAT_NAME:
         raise ValueError(f"{path!s} is not a pyro_mapa PosteriorTable file")
     if meta.get("version") != FORMAT_VERSION:

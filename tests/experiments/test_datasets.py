@@ -1,4 +1,4 @@
-"""The five synthetic benchmarks (DATASETS.md): shapes, seeds, generative formulas and exact densities."""
+"""The five synthetic benchmarks (docs/datasets.md): shapes, seeds, generative formulas and exact densities."""
 
 import math
 
@@ -17,7 +17,7 @@ from pyro_mapa.experiments.datasets import (
 
 NAMES = ["figure8", "circle", "absolute_value", "clusters", "spiral_dots"]
 LIBI_NAMES = ["linear_jtex", "cubic_jtex", "gaussian_4d", "mobius"]
-# Mean true test log-likelihood over 2000 test points (DATASETS.md).
+# Mean true test log-likelihood over 2000 test points (docs/datasets.md).
 REFERENCE_TEST_LL = {
     "figure8": -0.34,
     "circle": -0.24,
@@ -27,7 +27,7 @@ REFERENCE_TEST_LL = {
 }
 
 
-# Independent float64 transcriptions of the table in DATASETS.md, one scalar z at a time.
+# Independent float64 transcriptions of the table in docs/datasets.md, one scalar z at a time.
 def _phi(z):
     return 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
 
@@ -197,7 +197,7 @@ def test_true_density_integrates_to_one(name):
 def test_mean_test_log_likelihood_matches_reference(name):
     ds = load_dataset(name, num_train=10, num_valid=10, num_test=2000, seed=0)
     ll = float(ds.true_log_prob(ds.test).mean())
-    # DATASETS.md: "about ±0.05 for a different random draw"; measured at seed 0: at most 0.058 (spiral_dots).
+    # docs/datasets.md: within 0.06 at draw 0; measured at seed 0: at most 0.058 (spiral_dots).
     assert ll == pytest.approx(REFERENCE_TEST_LL[name], abs=0.06)
 
 
@@ -251,7 +251,7 @@ def test_surrogate_network_truth_tracks_the_formula():
 
 
 # ---------------------------------------------------------------------------------------------
-# LiBI's four data sets (Yacoby, Pan and Doshi-Velez 2020; docs/datasets.md, SEED_METHODS.md).
+# LiBI's four data sets (Yacoby, Pan and Doshi-Velez 2020; docs/datasets.md, docs/method.md §10.4).
 # Independent float64 transcriptions of the spec, in plain Python where possible.
 
 F64 = torch.float64

@@ -1,4 +1,4 @@
-"""The remainder samplers as pure tensor functions, against exact answers (METHOD.md §5)."""
+"""The remainder samplers as pure tensor functions, against exact answers (docs/method.md §5)."""
 
 import math
 
