@@ -25,20 +25,20 @@ __all__ = ["HenzeZirklerTest", "henze_zirkler", "henze_zirkler_beta", "henze_zir
 
 
 def henze_zirkler_beta(num_points: int, dim: int) -> float:
-    """The standard smoothing parameter ``β = (1/√2) ((2d + 1) n / 4)^{1/(d + 4)}`` (Henze and Zirkler, 1990)."""
+    """The standard smoothing parameter ``β = (1/√2) ((2d + 1) n / 4)^{1/(d + 4)}`` (Henze and Zirkler)."""
     return ((2 * dim + 1) * num_points / 4) ** (1 / (dim + 4)) / math.sqrt(2)
 
 
 def _check_beta(beta: Any) -> float:
     if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a positive float or None (the standard value), got {type(beta).__name__}")
+        raise TypeError(f"beta must be a positive float or None (the standard β), got {type(beta).__name__}")
     if not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a positive finite float or None (the standard value), got {beta!r}")
     return float(beta)
 
 
 def _whiten(z: Tensor) -> Tensor:
-    """``(z_j − z̄) L⁻ᵀ`` with ``L Lᵀ = S`` the covariance normalized by ``n`` (as pingouin and Henze–Zirkler)."""
+    """``(z_j − z̄) L⁻ᵀ``, ``L Lᵀ = S`` the covariance normalized by ``n`` (as pingouin and Henze–Zirkler)."""
     n, d = z.shape
     if n < 2:
         raise ValueError(f"z must have at least 2 rows (points), got shape {tuple(z.shape)}")
@@ -49,13 +49,13 @@ def _whiten(z: Tensor) -> Tensor:
     eig = torch.linalg.eigvalsh(cov.detach())
     if n <= d or not bool(eig[0] > eig[-1] * d * torch.finfo(z.dtype).eps):
         raise ValueError(
-            f"z has a singular sample covariance (shape {tuple(z.shape)}: n <= d, a constant column, or linearly "
-            "dependent columns), so the Henze-Zirkler statistic is undefined; pass at least d + 1 points in "
-            "general position, or drop the dependent columns"
+            f"z has a singular sample covariance (shape {tuple(z.shape)}: n <= d, a constant column, or "
+            "linearly dependent columns), so the Henze-Zirkler statistic is undefined; pass at least d + 1 "
+            "points in general position, or drop the dependent columns"
         )
     chol, info = torch.linalg.cholesky_ex(cov)
     if int(info) != 0:
-        raise ValueError("z has a numerically singular sample covariance; rescale z or drop dependent columns")
+        raise ValueError("z has a singular sample covariance (numerically); rescale z or drop dependent columns")
     return torch.linalg.solve_triangular(chol, centred.T, upper=False).T
 
 
@@ -108,7 +108,7 @@ def henze_zirkler(z: Tensor, beta: float | None = None) -> Tensor:
 
 
 class HenzeZirklerTest(NamedTuple):
-    """The statistic (differentiable 0-dim tensor) and its p-value (0-dim tensor) under multivariate normality."""
+    """The statistic (a differentiable 0-dim tensor) and its p-value (0-dim) under multivariate normality."""
 
     statistic: Tensor
     p_value: Tensor
