@@ -36,6 +36,8 @@ from torch import nn
 from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, GaussianKernel, MAPAGuide,
                        MeanFieldGuide, NormalLikelihood, PosteriorTable, TraceInfoVAE_ELBO, TraceIWAE_ELBO,
                        TraceMAPA_ELBO, VAEModel, empiricalize, mlp)
+from pyro_mapa.diagnostics import henze_zirkler
+from pyro_mapa.experiments.datasets import load_dataset
 from pyro_mapa.priors import GaussianCopulaPrior, KDEPrior, LearnedModel
 from pyro_mapa.experiments.methods import build_method
 from pyro_mapa.training import fit
@@ -192,6 +194,10 @@ CASES: dict[str, Callable[[SimpleNamespace], Any]] = {
     "codes on a line (KDE prior)": lambda s: KDEPrior(torch.cat([s.X[:, :1], 2 * s.X[:, :1]], 1)),
     "a constant code dimension (KDE prior)": lambda s: KDEPrior(torch.cat([s.X[:, :1], torch.ones(20, 1)], 1)),
     "copula prior of 2-D codes": lambda s: GaussianCopulaPrior(s.X),
+    "Henze-Zirkler statistic of one row": lambda s: henze_zirkler(torch.zeros(1, 2)),
+    "Henze-Zirkler statistic of collinear codes": lambda s: henze_zirkler(torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])),
+    "Henze-Zirkler beta = 0": lambda s: henze_zirkler(s.X, beta=0.0),
+    "a data set name that does not exist": lambda s: load_dataset("figure9"),
     "decoder turns NaN during training": _decoder_turns_nan,
     "fit: num_points differs from the model's data": lambda s: fit(
         *_vae(s), num_points=10, epochs=1, progress=False),
