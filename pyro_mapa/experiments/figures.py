@@ -16,6 +16,9 @@ from ..evaluation.index_loglik import index_log_likelihood  # noqa: E402
 from .datasets import load_dataset  # noqa: E402
 
 __all__ = [
+    "densities_figure",
+    "density_columns",
+    "density_panels",
     "make_all",
     "plot_densities",
     "plot_kl_vs_passes",
@@ -25,18 +28,50 @@ __all__ = [
 ]
 
 
-def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
-    """Fig. 2a: learned densities (first draw, best restart) next to the true one."""
-    names = list(st.datasets)
-    methods = list(st.methods)
-    fig, axes = plt.subplots(len(names), len(methods) + 1, figsize=(2.2 * (len(methods) + 1), 2.2 * len(names)),
-                             squeeze=False)
-    for i, name in enumerate(names):
-        main = {r["method"]: r for r in results if r["dataset"] == name and r.get("grid_extent") and r["label"] == r["method"]}
-        truth = next((r["grid_true_log_density"] for r in main.values() if "grid_true_log_density" in r), None)
+def density_columns(methods) -> list[str]:
+    """The densities figure's method columns after the truth: MAPA first (if run), then the others in run order."""
+    methods = list(methods)
+    return [m for m in methods if m == "MAPA"] + [m for m in methods if m != "MAPA"]
+
+
+def _grid_from_extent(extent: list[float], size: int) -> torch.Tensor:
+    """The ``size``² grid points of a result's ``grid_extent``, in the order of its ``grid_log_density``."""
+    gx = torch.linspace(extent[0], extent[1], size)
+    gy = torch.linspace(extent[2], extent[3], size)
+    xx, yy = torch.meshgrid(gx, gy, indexing="xy")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)
+
+
+def density_panels(results: list[dict[str, Any]], st) -> list[dict[str, Any]]:
+    """Per data set (a row of the figure): its name, grid extent and ``(title, log density, test KL)`` panels.
+
+    The first panel is the truth: the stored ``grid_true_log_density`` (a VAE job stores it), else computed
+    here on the same grid from the first draw's data set (a run without a VAE, such as the seed methods).
+    Then one panel per method in :func:`density_columns` order; a method without a grid gets ``None``.
+    """
+    rows = []
+    for name in st.datasets:
+        main = {r["method"]: r for r in results
+                if r["dataset"] == name and r.get("grid_extent") and r["label"] == r["method"]}
         extent = next((r["grid_extent"] for r in main.values()), None)
-        panels = [("truth", truth)] + [(m, main[m]["grid_log_density"] if m in main else None) for m in methods]
-        for j, (title, logd) in enumerate(panels):
+        truth = next((r["grid_true_log_density"] for r in main.values() if "grid_true_log_density" in r), None)
+        if truth is None and extent is not None:
+            ds = load_dataset(name, st.num_train, st.num_valid, st.num_test, seed=0)
+            truth = ds.true_log_prob(_grid_from_extent(extent, st.grid_size), st.quadrature_points).float().tolist()
+        panels = [("truth", truth, None)] + [
+            (m, main[m]["grid_log_density"], main[m]["test_kl"]) if m in main else (m, None, None)
+            for m in density_columns(st.methods)]
+        rows.append({"dataset": name, "extent": extent, "panels": panels})
+    return rows
+
+
+def densities_figure(results: list[dict[str, Any]], st):
+    """Fig. 2a as a matplotlib figure: a row per data set, titled on the left; columns truth, MAPA, the rest."""
+    rows = density_panels(results, st)
+    cols = 1 + len(st.methods)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols + 0.4, 2.2 * len(rows)), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, (title, logd, kl) in enumerate(row["panels"]):
             ax = axes[i, j]
             ax.set_xticks([])
             ax.set_yticks([])
@@ -45,16 +80,26 @@ def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
                 continue
             g = st.grid_size
             dens = torch.tensor(logd).reshape(g, g).exp()
-            ax.imshow(dens.numpy(), origin="lower", extent=extent, cmap="viridis", aspect="equal",
+            ax.imshow(dens.numpy(), origin="lower", extent=row["extent"], cmap="viridis", aspect="equal",
                       vmax=float(torch.quantile(dens.reshape(-1), 0.995)))
-            kl = "" if title == "truth" else f"\nKL {main[title]['test_kl']:.3f}"
-            ax.set_title(f"{title}{kl}", fontsize=8)
+            ax.set_title(title if kl is None else f"{title}\nKL {kl:.3f}", fontsize=8,
+                         fontweight="bold" if title in ("truth", "MAPA") else "normal")
             ax.set_xlabel("$x_1$", fontsize=7)
-            if j == 0:
-                ax.set_ylabel(f"{name}\n$x_2$", fontsize=8)
+            ax.set_ylabel("$x_2$", fontsize=7)
+        # The row title: on the first visible panel's left, outside the axes, so it shows with ticks off.
+        first = next((axes[i, j] for j, p in enumerate(row["panels"]) if p[1] is not None), axes[i, 0])
+        first.annotate(row["dataset"], xy=(0, 0.5), xycoords="axes fraction", xytext=(-16, 0),
+                       textcoords="offset points", ha="right", va="center", rotation=90, fontsize=11,
+                       fontweight="bold", annotation_clip=False)
     fig.suptitle("Learned densities p(x) (first draw, best restart by validation LL)\n"
                  "equal units on both axes; brighter = denser", fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_densities(results: list[dict[str, Any]], st, path: Path) -> None:
+    """Fig. 2a: learned densities (first draw, best restart) beside the true one, saved to ``path``."""
+    fig = densities_figure(results, st)
     _save(fig, path, st)
     plt.close(fig)
 
