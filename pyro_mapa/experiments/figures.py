@@ -267,7 +267,7 @@ def plot_non_identifiability(results: list[dict[str, Any]], st, path: Path) -> d
 
 def _save(fig, path: Path, st) -> None:
     """Saves a figure; a quick run's figures say so in a banner across the top."""
-    if getattr(st, "quick", False):
+    if getattr(st, "is_quick", False) is True:
         fig.text(0.5, 0.999, "QUICK RUN (reproduce --quick): one draw, one restart, not the paper's numbers",
                  ha="center", va="top", fontsize=8, color="darkred")
     fig.savefig(path, dpi=90)

@@ -78,7 +78,7 @@ class ReproductionSettings:
     jobs: int = 2
     threads_per_job: int = 1
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    quick: bool = False  # set by quick(): recorded in the JSON and shown on the figures
+    is_quick: bool = False  # set by quick(): recorded in the JSON and shown on the figures
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -99,7 +99,7 @@ class ReproductionSettings:
         """
         base: dict[str, Any] = dict(
             datasets=("circle",), draws=1, restarts=1, epochs=100, num_valid=200, num_test=500, extra_mapa=(),
-            sweep_mapa=((1, 0), (5, 5)), sweep_iwae=(1, 10), quadrature_points=1001, grid_size=40, quick=True,
+            sweep_mapa=((1, 0), (5, 5)), sweep_iwae=(1, 10), quadrature_points=1001, grid_size=40, is_quick=True,
         )
         base.update(overrides)
         return cls(**base)

@@ -72,7 +72,7 @@ def test_reproduce_quick_writes_schema_and_figures(tmp_path, capsys):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (method, key)
     assert entry["IWAE"]["passes_per_point_per_step"] == pytest.approx(11.0)  # 1 encoder + 10 decoder rows
     assert data["settings"]["epochs"] == 2 and data["settings"]["draws"] == 1
-    assert data["settings"]["quick"] is True  # a quick run says so in its JSON (and on its figures)
+    assert data["settings"]["is_quick"] is True  # a quick run says so in its JSON (and on its figures)
     assert data["provenance"]["command"].startswith("pyro-mapa reproduce --quick")
     # The sweep points equal to a main job (MAPA K=5 S=5, IWAE S=10, one restart) are that job.
     sweep = {r["label"]: r for r in data["sweep"]["circle"]}
@@ -125,3 +125,11 @@ def test_cli_rejects_unknown_names(tmp_path):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "pyro_mapa", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout and "reproduce" in out.stdout
+
+
+def test_only_the_quick_settings_say_quick():
+    from pyro_mapa.experiments.provenance import jsonable
+    from pyro_mapa.experiments.reproduce import ReproductionSettings
+
+    assert jsonable(ReproductionSettings())["is_quick"] is False
+    assert jsonable(ReproductionSettings.quick())["is_quick"] is True
