@@ -95,7 +95,7 @@ def test_draw_entries_refuse_a_best_restart_validation_ll_does_not_choose():
 
 def _density_results(names, methods, size, store_truth):
     """Grid results as ``reproduce`` writes them; each method's log density is the truth plus its index."""
-    st = ReproductionSettings(datasets=names, methods=methods, grid_size=size, quadrature_points=401, quick=False)
+    st = ReproductionSettings(datasets=names, methods=methods, grid_size=size, quadrature_points=401, is_quick=False)
     results, truths = [], {}
     for name in names:
         ds = load_dataset(name, st.num_train, st.num_valid, st.num_test, seed=0)
