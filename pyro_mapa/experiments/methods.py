@@ -16,6 +16,7 @@ method         guide                            loss
 ``LIDVAE``     mean-field Gaussian              ``Trace_ELBO``, injective ``LIDVAEDecoder``
 ``MAPA-LIDVAE`` MAPA table                      ``TraceMAPA_ELBO(K, S)``, ``LIDVAEDecoder``
 ``LiBI``       mean-field Gaussian              stage 1 exact likelihood, stage 2 ``Trace_ELBO``
+``ExactDecoder`` mean-field Gaussian            stage 1 exact likelihood, stage 2 ``Trace_ELBO``
 =============  ===============================  ======================================
 
 After training, :class:`LearnedModel` is the original model (Eq. 1) each method
@@ -60,13 +61,14 @@ from ..models import (
 from ..priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
 from ..table.posterior_table import PosteriorTable
 from ..training.fit import FitResult, fit
+from ..training.exact_decoder import fit_exact_decoder
 from ..training.libi import fit_libi
 from ..priors.learned_model import LearnedModel
 
 __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
 
 METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "RenyiELBO", "InfoVAE", "HVAE",
-           "LIDVAE", "MAPA-LIDVAE", "LiBI")
+           "LIDVAE", "MAPA-LIDVAE", "LiBI", "ExactDecoder")
 MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "MAPA-LIDVAE")
 SMOOTHED_METHODS = ("MAPA",)  # options={"tau": τ}: codes smoothed by N(0, (τ s)^2), see AmortizedCodebook
 
@@ -85,6 +87,7 @@ DEFAULT_OPTIONS: dict[str, dict] = {
              "beta0": hvae_defaults.DEFAULT_BETA0, "step_size": hvae_defaults.DEFAULT_STEP_SIZE},
     "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
     "LiBI": {"stage1_fraction": 0.75},
+    "ExactDecoder": {"stage1_fraction": 0.75},
 }
 
 
@@ -155,12 +158,12 @@ class MethodSetup:
         return LearnedModel(self.decoder, self.likelihood, prior, latent_dim=self.latent_dim)
 
 
-def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction):
+def _exact_decoder_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction):
     def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
               num_threads: int | None) -> FitResult:
         check_positive_int(epochs, "epochs")
         stage1 = max(1, round(fraction * epochs))
-        res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, stage1_epochs=stage1,
+        res = fit_exact_decoder(decoder, data, likelihood, latent_dim, encoder=encoder, stage1_epochs=stage1,
                        stage2_epochs=max(1, epochs - stage1), batch_size=batch_size, lr=lr, hidden=tuple(hidden),
                        seed=seed, progress=progress, num_threads=num_threads)
         setup = setup_box[0]
@@ -249,8 +252,8 @@ def build_method(
                                      num_leapfrog=opts["num_leapfrog"], step_size=opts["step_size"],
                                      beta0=beta0, tempering=opts["tempering"])
         setup = MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
-        if name == "LiBI":
-            setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
+        if name in ("LiBI", "ExactDecoder"):
+            setup.trainer = _exact_decoder_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
                                           opts["stage1_fraction"])
         return setup
     if table is None:
