@@ -15,7 +15,8 @@ method         guide                            loss
 ``HVAE``       ``HamiltonianGuide`` (K steps)   ``Trace_ELBO``
 ``LIDVAE``     mean-field Gaussian              ``Trace_ELBO``, injective ``LIDVAEDecoder``
 ``MAPA-LIDVAE`` MAPA table                      ``TraceMAPA_ELBO(K, S)``, ``LIDVAEDecoder``
-``LiBI``       mean-field Gaussian              stage 1 exact likelihood, stage 2 ``Trace_ELBO``
+``LiBI``       mean-field Gaussian              R rounds: stage 1 decoder + point codes (HZ and moment
+                                                penalties), stage 2 ``Trace_ELBO`` over the encoder only
 ``ExactDecoder`` mean-field Gaussian            stage 1 exact likelihood, stage 2 ``Trace_ELBO``
 =============  ===============================  ======================================
 
@@ -86,7 +87,7 @@ DEFAULT_OPTIONS: dict[str, dict] = {
     "HVAE": {"num_leapfrog": hvae_defaults.DEFAULT_NUM_LEAPFROG, "tempering": hvae_defaults.DEFAULT_TEMPERING,
              "beta0": hvae_defaults.DEFAULT_BETA0, "step_size": hvae_defaults.DEFAULT_STEP_SIZE},
     "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
-    "LiBI": {"stage1_fraction": 0.75},
+    "LiBI": {"rounds": 1, "hz_weight": 1.0, "cov_scale": 0.5, "mean_scale": 0.5, "stage1_fraction": 0.75},
     "ExactDecoder": {"stage1_fraction": 0.75},
 }
 
@@ -184,6 +185,41 @@ def _exact_decoder_trainer(setup_box: list, decoder, encoder, data, likelihood, 
     return train
 
 
+def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, opts):
+    """LiBI's trainer: ``epochs`` split into ``rounds`` rounds of ``max(2, epochs // rounds)`` epochs, each
+    ``round(stage1_fraction · that)`` epochs of stage 1 (at least 1, at most all but 1), the rest stage 2.
+    No validation data reaches it: with several rounds the round is chosen on the training data."""
+
+    def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
+              num_threads: int | None) -> FitResult:
+        check_positive_int(epochs, "epochs")
+        rounds = check_positive_int(opts["rounds"], "options rounds")
+        per_round = max(2, epochs // rounds)
+        stage1 = min(per_round - 1, max(1, round(opts["stage1_fraction"] * per_round)))
+        res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, rounds=rounds,
+                       hz_weight=opts["hz_weight"], cov_scale=opts["cov_scale"], mean_scale=opts["mean_scale"],
+                       stage1_epochs=stage1, stage2_epochs=per_round - stage1, batch_size=batch_size, lr=lr,
+                       hidden=tuple(hidden), seed=0 if seed is None else seed, progress=progress,
+                       num_threads=num_threads)
+        setup = setup_box[0]
+        setup.model, setup.guide, setup.loss = res.model, res.guide, res.stage2_loss
+        s2 = [r.stage2 for r in res.rounds]
+        steps2 = sum(f.steps for f in s2)
+        total = res.stage1_steps + steps2
+        return FitResult(
+            epoch_losses=res.epoch_losses,  # two objectives per round: see epoch_stages
+            epoch_stages=res.epoch_stages,
+            seconds_per_epoch=(res.stage1_seconds + sum(f.seconds_per_epoch * len(f.epoch_losses) for f in s2))
+            / len(res.epoch_losses),
+            # stage 1: one code-network and one decoder row per point per step
+            encoder_passes_per_point=(res.stage1_steps + sum(f.encoder_passes_per_point * f.steps for f in s2)) / total,
+            decoder_passes_per_point=(res.stage1_steps + sum(f.decoder_passes_per_point * f.steps for f in s2)) / total,
+            steps=total,
+        )
+
+    return train
+
+
 def build_method(
     name: str,
     data: Tensor,
@@ -215,7 +251,8 @@ def build_method(
         options: Per-method settings over :data:`DEFAULT_OPTIONS` (MAPA: ``tau``, smoothed codes;
             InfoVAE: ``alpha``, ``lambda_``,
             ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
-            LIDVAE: ``hidden``, ``strength``; LiBI: ``stage1_fraction``).
+            LIDVAE: ``hidden``, ``strength``; LiBI: ``rounds``, ``hz_weight``, ``cov_scale``, ``mean_scale``,
+            ``stage1_fraction``; ExactDecoder: ``stage1_fraction``).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -252,7 +289,9 @@ def build_method(
                                      num_leapfrog=opts["num_leapfrog"], step_size=opts["step_size"],
                                      beta0=beta0, tempering=opts["tempering"])
         setup = MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
-        if name in ("LiBI", "ExactDecoder"):
+        if name == "LiBI":
+            setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden, opts)
+        elif name == "ExactDecoder":
             setup.trainer = _exact_decoder_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
                                           opts["stage1_fraction"])
         return setup

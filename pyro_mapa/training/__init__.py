@@ -2,7 +2,7 @@
 
 from .exact_decoder import ExactDecoderResult, fit_exact_decoder, marginal_nll
 from .fit import FitResult, fit, network_pass_counts
-from .libi import LiBIResult, fit_libi
+from .libi import CodeLoss, LiBIResult, LiBIRound, fit_libi, libi_code_loss, load_mean_head
 
-__all__ = ["ExactDecoderResult", "FitResult", "LiBIResult", "fit", "fit_exact_decoder", "fit_libi", "marginal_nll",
-           "network_pass_counts"]
+__all__ = ["CodeLoss", "ExactDecoderResult", "FitResult", "LiBIResult", "LiBIRound", "fit", "fit_exact_decoder",
+           "fit_libi", "libi_code_loss", "load_mean_head", "marginal_nll", "network_pass_counts"]

@@ -1,23 +1,36 @@
-"""LiBI: fit the generative model by its log-likelihood first, then fit the inference network to it.
+"""LiBI, "Likelihood Before Inference" (Yacoby, Pan and Doshi-Velez 2020), as the paper describes it.
 
-Yacoby, Pan and Doshi-Velez (2020) trace two failures of VAE training (codes the decoder
-ignores, and an aggregate posterior that does not match the prior) to two causes: the
-generative model is non-identifiable, and the ELBO is biased toward generative models whose
-posteriors are easy to approximate. LiBI removes the bias by not letting the inference model
-shape the generative model. The paper's code is not public; this is our reading of its
-abstract (docs/method.md §10.4):
+The paper traces two failures of VAE training (codes the decoder ignores; an aggregate posterior
+unlike the prior) to the ELBO's preference for generative models whose posteriors are easy to
+approximate. LiBI fits the generative model without the inference model, then the inference model
+for the frozen generative model, in ``R`` rounds (docs/method.md §10.4):
 
-1. **Stage 1** maximizes :math:`\\sum_n \\log \\int p_\\theta(x_n \\mid f_\\theta(z))\\, \\mathcal N(z; 0, I)\\, dz`
-   over the decoder alone, with Adam on minibatches (loss :math:`-\\frac{N}{B} \\sum_{n \\in B} \\log p_\\theta(x_n)`).
-   The integral is a trapezoid sum on a grid for ``d ≤ 2`` (exact to the grid error; by default
-   the grid is shifted at random every step, which makes the sum an unbiased estimate of
-   :math:`p_\\theta(x)` and keeps the decoder from exploiting fixed nodes) and a many-sample
-   importance-sampled estimate with the prior as proposal for ``d > 2`` (a lower bound whose
-   gap is :math:`O(1/S)`, see :func:`~pyro_mapa.evaluation.importance_log_marginal`).
-2. **Stage 2** freezes the decoder and fits a :class:`~pyro_mapa.MeanFieldGuide` (or any guide)
-   to its posterior with ``Trace_ELBO`` or :class:`~pyro_mapa.TraceIWAE_ELBO` via ``pyro.infer.SVI``:
-   with :math:`\\theta` fixed, maximizing the ELBO is minimizing
-   :math:`\\sum_n \\mathrm{KL}(q_\\phi(z \\mid x_n) \\,\\|\\, p_\\theta(z \\mid x_n))`.
+1. **Stage 1, generative model and point codes.** Over the decoder :math:`f_\\theta` and a *code
+   network* :math:`h_\\varphi` (the inference network's architecture, ``d`` outputs), minimize on each
+   minibatch :math:`B` with codes :math:`Z = \\{h_\\varphi(x_n)\\}_{n \\in B}`
+
+   .. math::
+
+       -\\frac1{|B|} \\sum_{n \\in B} \\log p(x_n \\mid f_\\theta(h_\\varphi(x_n)))
+       + \\epsilon_{HZ}\\, e^{HZ(Z)} + e^{\\|\\hat\\Sigma(Z) - I\\|_F^2 / \\epsilon_\\Sigma}
+       + e^{\\|\\hat\\mu(Z)\\|^2 / \\epsilon_\\mu},
+
+   :math:`HZ` the Henze–Zirkler statistic (:func:`~pyro_mapa.diagnostics.henze_zirkler`),
+   :math:`\\hat\\mu, \\hat\\Sigma` the codes' mean and covariance. The prior term is dropped on purpose:
+   joint MAP of :math:`\\theta` and :math:`z` would shrink the codes. As printed in the paper,
+   :math:`\\epsilon_{HZ}` multiplies while :math:`\\epsilon_\\Sigma, \\epsilon_\\mu` divide.
+2. **Stage 2, inference model.** With :math:`\\theta` frozen, maximize the ordinary ELBO (or the IWAE
+   bound) over the mean-field encoder :math:`q_\\phi` only.
+3. **Rounds.** Round ``t + 1``'s code network starts from round ``t``'s inference network's mean head;
+   the round with the best validation log-likelihood is returned.
+
+Our choices where the paper is silent (also in :func:`fit_libi`): Adam for both stages, one fresh
+optimizer per stage per round; penalties on each minibatch's codes (a last minibatch of fewer than
+``d + 2`` rows is merged into the one before, so that ``HZ`` is defined); :math:`\\hat\\Sigma` normalized
+by ``|B|`` (as ``HZ`` is); the encoder carried over from round to round (warm start); round 1's
+default code network is the initial encoder's mean head (the re-initialization rule applied at
+round 1 too); validation log-likelihood exact on a grid for ``d ≤ 2``, by importance sampling with a
+fitted proposal for ``d > 2``.
 
 References:
     | Characterizing and Avoiding Problematic Global Optima of Variational Autoencoders
@@ -26,127 +39,227 @@ References:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..diagnostics.normality import henze_zirkler
 from ..errors import NonFiniteLossError, check_count, check_positive_int
 from ..evaluation.importance import check_data
-from ..evaluation.latent_posterior import LatentGrid, grid_log_marginal, importance_log_marginal, latent_grid
+from ..evaluation.latent_posterior import grid_log_marginal
 from ..infer.iwae_elbo import TraceIWAE_ELBO
 from ..models.likelihoods import Likelihood
 from ..models.networks import mlp
 from ..models.vae import MeanFieldGuide, VAEModel, check_decoder_input
+from ..priors.learned_model import LearnedModel
+from .exact_decoder import _check_param_store
 from .fit import FitResult, fit
 from .threads import torch_threads
 
-__all__ = ["LiBIResult", "fit_libi", "marginal_nll"]
-
-_METHODS = ("auto", "quadrature", "grid", "importance")
+__all__ = ["CodeLoss", "LiBIResult", "LiBIRound", "fit_libi", "libi_code_loss", "load_mean_head"]
 
 
-def _resolve_method(method: str, latent_dim: int) -> str:
-    if method not in _METHODS:
-        raise ValueError(f"likelihood_method must be one of {', '.join(_METHODS)}, got {method!r}")
-    if method == "auto":
-        return "grid" if latent_dim <= 2 else "importance"
-    if method == "quadrature" and latent_dim != 1:
-        raise ValueError(f"likelihood_method='quadrature' needs latent_dim 1, got {latent_dim}; use 'grid' or 'importance'")
-    if method == "grid" and latent_dim > 2:
-        raise ValueError(f"likelihood_method='grid' needs latent_dim 1 or 2, got {latent_dim}; use 'importance'")
-    return "grid" if method == "quadrature" else method
+class CodeLoss(NamedTuple):
+    """Stage 1's loss on one minibatch and its four terms (0-dim tensors; ``total`` is differentiable)."""
+
+    total: Tensor
+    nll: Tensor
+    hz_penalty: Tensor
+    cov_penalty: Tensor
+    mean_penalty: Tensor
 
 
-def marginal_nll(
-    decoder: Callable[[Tensor], Tensor],
-    x: Tensor,
-    likelihood: Likelihood,
-    latent_dim: int,
-    *,
-    num_data: int | None = None,
-    method: str = "auto",
-    grid: LatentGrid | None = None,
-    num_is_samples: int = 1000,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """LiBI's stage-1 loss :math:`-\\frac{N}{B} \\sum_{n \\in B} \\log p_\\theta(x_n)`, differentiable in the decoder.
+def libi_code_loss(decoder: nn.Module, code_network: nn.Module, x: Tensor, likelihood: Likelihood, *,
+                   hz_weight: float, cov_scale: float, mean_scale: float) -> CodeLoss:
+    """LiBI's stage-1 loss on the minibatch ``x`` (module docstring, step 1).
 
-    Arguments:
-        decoder: ``f_θ``, maps ``(..., d)`` latents to likelihood parameters.
-        x: ``(B, D)`` minibatch.
-        likelihood: The observation model.
-        latent_dim: ``d``; the prior is :math:`\\mathcal N(0, I)`.
-        num_data: ``N`` (default ``B``: the plain sum).
-        method: ``"auto"`` (grid for ``d ≤ 2``), ``"quadrature"`` (``d = 1``), ``"grid"`` or ``"importance"``.
-        grid: For the grid methods (default ``latent_grid(d)``, standard-normal prior).
-        num_is_samples: ``S`` prior draws per point for ``"importance"``.
-        generator: For the importance draws.
+    ``nll`` is the mean over the rows of :math:`-\\log p(x_n \\mid f(h(x_n)))`; ``hz_penalty`` is
+    ``hz_weight · exp(HZ(Z))``, ``cov_penalty`` ``exp(‖Σ̂ − I‖²_F / cov_scale)`` with
+    ``Σ̂ = (Z − Z̄)ᵀ(Z − Z̄) / |B|``, ``mean_penalty`` ``exp(‖Z̄‖² / mean_scale)``.
     """
-    x = check_data(x)
-    d = check_positive_int(latent_dim, "latent_dim")
-    method = _resolve_method(method, d)
-    scale = (x.shape[0] if num_data is None else check_positive_int(num_data, "num_data")) / x.shape[0]
-    if method == "importance":
-        log_px = importance_log_marginal(x, decoder, likelihood, d, num_is_samples, generator=generator).log_px
-    else:
-        log_px = grid_log_marginal(x, decoder, likelihood, grid, latent_dim=d)
-    return -scale * log_px.sum()
+    z = code_network(x)
+    nll = -likelihood(decoder(z)).log_prob(x).mean()
+    mean = z.mean(0)
+    centred = z - mean
+    cov = centred.T @ centred / z.shape[0]
+    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
+    hz = hz_weight * torch.exp(henze_zirkler(z))
+    cov_pen = torch.exp(((cov - eye) ** 2).sum() / cov_scale)
+    mean_pen = torch.exp((mean**2).sum() / mean_scale)
+    return CodeLoss(nll + hz + cov_pen + mean_pen, nll, hz, cov_pen, mean_pen)
 
 
-def _shifted_grid(latent_dim: int, num_points: int | None, shift: Tensor) -> LatentGrid:
-    """The default standard-normal grid with its bounds moved by ``shift`` (``(d,)``)."""
-    bound = 8.0 if latent_dim == 1 else 7.0
-    return latent_grid(latent_dim, num_points, (shift - bound).tolist(), (shift + bound).tolist())
+def _mean_head_state(encoder: nn.Module, code_network: nn.Module, latent_dim: int) -> dict[str, Tensor]:
+    enc, code = encoder.state_dict(), code_network.state_dict()
+    if list(enc) != list(code):
+        raise ValueError(
+            "code_network must have the encoder's architecture with d outputs (e.g. mlp(D, latent_dim, hidden) "
+            f"beside mlp(D, 2 * latent_dim, hidden)): their parameter names differ ({list(code)} vs {list(enc)})"
+        )
+    out = {}
+    for key, c in code.items():
+        e = enc[key]
+        if e.shape == c.shape:
+            out[key] = e.detach().clone()
+        elif c.dim() >= 1 and c.shape[0] == latent_dim and e.shape[0] == 2 * latent_dim and e.shape[1:] == c.shape[1:]:
+            out[key] = e.detach()[:latent_dim].clone()  # the location rows of the last layer
+        else:
+            raise ValueError(
+                f"code_network's {key} has shape {tuple(c.shape)}, the encoder's {tuple(e.shape)}: the code network "
+                "must be the encoder's architecture with latent_dim outputs instead of 2 * latent_dim"
+            )
+    return out
+
+
+def load_mean_head(code_network: nn.Module, encoder: nn.Module, latent_dim: int) -> None:
+    """Sets ``code_network`` to the encoder's mean head: every parameter copied, the output layer's first ``d`` rows.
+
+    The encoder is a :class:`~pyro_mapa.MeanFieldGuide` encoder (``2d`` outputs, location first);
+    the code network has its architecture with ``d`` outputs.
+
+    Raises:
+        ValueError: The two architectures do not match so.
+    """
+    code_network.load_state_dict(_mean_head_state(encoder, code_network, latent_dim))
+
+
+@dataclass
+class LiBIRound:
+    """One round: stage 1's and stage 2's per-epoch losses and the selection log-likelihood.
+
+    Attributes:
+        stage1_losses: Per epoch, the mean over minibatches of :func:`libi_code_loss`'s total.
+        stage2_losses: Per epoch, the stage-2 SVI loss per point.
+        log_likelihood: Mean per-point log-likelihood of the selection data after the round
+            (``None`` when nothing was selected: one round and no ``valid_data``).
+    """
+
+    stage1_losses: list[float] = field(default_factory=list)
+    stage2_losses: list[float] = field(default_factory=list)
+    log_likelihood: float | None = None
+    stage2: FitResult | None = None
 
 
 @dataclass
 class LiBIResult:
-    """What :func:`fit_libi` trained and measured.
+    """What :func:`fit_libi` trained: the best round's networks (loaded in place) and every round's trace.
 
     ``model``, ``guide`` and ``stage2_loss`` are an ordinary VAE triple (decoder with an
-    :math:`\\mathcal N(0, I)` prior, amortized guide): evaluate them like any method.
-
-    Attributes:
-        stage1_losses: Per epoch, the mean of :math:`-\\log p_\\theta(x_n)` per point over its minibatches.
-        stage2_losses: Per epoch, the stage-2 SVI loss per point (a negative ELBO or IWAE bound).
-        stage2: The :class:`~pyro_mapa.training.FitResult` of stage 2.
-        stage1_seconds: Wall-clock time of stage 1.
-        stage1_decoder_passes_per_point: Decoder rows per data point per stage-1 step
-            (grid nodes or ``S·B`` importance draws, divided by ``B``).
-        likelihood_method: ``"grid"`` or ``"importance"``.
+    :math:`\\mathcal N(0, I)` prior, mean-field guide): evaluate them like any method.
+    ``selection`` says what chose the round: ``"valid"``, ``"train"`` (no ``valid_data``, several
+    rounds) or ``"none"``.
     """
 
     model: VAEModel
-    guide: Callable
+    guide: MeanFieldGuide
     stage2_loss: ELBO
     decoder: nn.Module
-    encoder: nn.Module | None
+    encoder: nn.Module
+    code_network: nn.Module
     likelihood: Likelihood
     latent_dim: int
-    likelihood_method: str
-    stage1_losses: list[float] = field(default_factory=list)
-    stage2_losses: list[float] = field(default_factory=list)
-    stage2: FitResult | None = None
+    rounds: list[LiBIRound]
+    best_round: int
+    selection: str
     stage1_seconds: float = 0.0
-    stage1_decoder_passes_per_point: float = 0.0
+    stage1_steps: int = 0
+
+    @property
+    def epoch_losses(self) -> list[float]:
+        """Every epoch's loss in order (round 1 stage 1, round 1 stage 2, round 2 ...): see :attr:`epoch_stages`."""
+        return [v for r in self.rounds for v in r.stage1_losses + r.stage2_losses]
+
+    @property
+    def epoch_stages(self) -> list[str]:
+        """The stage of each entry of :attr:`epoch_losses`: ``"stage k"`` (one round) or ``"round t stage k"``."""
+        out = []
+        for t, r in enumerate(self.rounds, 1):
+            pre = "" if len(self.rounds) == 1 else f"round {t} "
+            out += [pre + "stage 1"] * len(r.stage1_losses) + [pre + "stage 2"] * len(r.stage2_losses)
+        return out
 
 
-def _check_param_store(prefix: str, module: nn.Module) -> None:
-    store = pyro.get_param_store()
-    for name, p in module.named_parameters():
-        key = f"{prefix}$$${name}"
-        if key in store and store[key] is not p:
-            raise ValueError(
-                f"the param store already holds {key!r} from another network, which SVI would train instead "
-                "of this one; call pyro.clear_param_store() before fit_libi"
+def _positive(value, name: str, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a positive number ({fix}), got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number ({fix}), got {value!r}")
+    return float(value)
+
+
+def _check_outputs(net: nn.Module, x: Tensor, size: int, name: str, example: str) -> None:
+    with torch.no_grad():
+        out = net(x[:2])
+    if out.shape[-1] != size:
+        raise ValueError(f"{name} outputs {out.shape[-1]} numbers per point, LiBI needs {size}: build it as {example}")
+
+
+def _batches(n: int, batch_size: int, min_rows: int, gen: torch.Generator) -> list[Tensor]:
+    """Shuffled minibatches; a last one of fewer than ``min_rows`` rows is merged into the one before."""
+    parts = list(torch.randperm(n, generator=gen).split(batch_size))
+    if len(parts) > 1 and len(parts[-1]) < min_rows:
+        parts[-2:] = [torch.cat(parts[-2:])]
+    return parts
+
+
+def _stage1(decoder, code_network, data, likelihood, d, weights, epochs, batch_size, lr, gen, desc, progress):
+    """Stage 1 of one round (a fresh Adam over decoder and code network); returns per-epoch losses and steps."""
+    params = [p for m in (decoder, code_network) for p in m.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    losses, steps = [], 0
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=True):
+        batches = _batches(len(data), batch_size, d + 2, gen)
+        total = 0.0
+        for idx in batches:
+            loss = libi_code_loss(decoder, code_network, data[idx.to(data.device)], likelihood, **weights).total
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        losses.append(total / len(batches))
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteLossError(
+                f"LiBI {desc}: the loss is {losses[-1]} in epoch {epoch} (exp of a large penalty overflows: lower "
+                "lr, or raise cov_scale / mean_scale)"
             )
+    for p in params:
+        p.grad = None
+    return losses, steps
+
+
+def _selection_log_likelihood(decoder, likelihood, x, latent_dim, seed) -> float:
+    """Mean per-point log-likelihood of ``x`` under the decoder with its N(0, I) prior."""
+    was_training = decoder.training
+    decoder.eval()
+    try:
+        with torch.no_grad():
+            if latent_dim <= 2:
+                return float(grid_log_marginal(x, decoder, likelihood, latent_dim=latent_dim).mean())
+        est = LearnedModel(decoder, likelihood, latent_dim=latent_dim).importance_log_prob(x, seed=seed)
+        return float(est.log_px.mean())
+    finally:
+        decoder.train(was_training)
+
+
+def _stage2(decoder, model, guide, loss_fn, n, epochs, batch_size, lr, seed, progress, desc) -> FitResult:
+    flags = [p.requires_grad for p in decoder.parameters()]
+    was_training = decoder.training
+    decoder.requires_grad_(False).eval()  # θ frozen: no gradients, so Pyro's Adam never moves it
+    try:
+        return fit(model, guide, loss_fn, n, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                   progress=progress, desc=desc, num_threads=torch.get_num_threads())
+    finally:
+        for p, flag in zip(decoder.parameters(), flags):
+            p.requires_grad_(flag)
+        decoder.train(was_training)
 
 
 def fit_libi(
@@ -156,135 +269,127 @@ def fit_libi(
     latent_dim: int,
     *,
     encoder: nn.Module | None = None,
-    guide: Callable | None = None,
+    code_network: nn.Module | None = None,
+    rounds: int = 1,
+    hz_weight: float = 1.0,
+    cov_scale: float = 0.5,
+    mean_scale: float = 0.5,
     stage1_epochs: int = 100,
     stage2_epochs: int = 100,
     stage2_loss: str = "elbo",
     num_particles: int = 10,
     batch_size: int = 100,
     lr: float = 1e-3,
-    likelihood_method: str = "auto",
-    num_points: int | None = None,
-    grid_jitter: bool = True,
-    num_is_samples: int = 1000,
     hidden: tuple[int, ...] = (50, 50),
+    valid_data: Tensor | None = None,
     seed: int = 0,
     progress: bool = False,
     num_threads: int | None = None,
 ) -> LiBIResult:
-    """Trains ``decoder`` by LiBI: stage 1 on the log-likelihood, stage 2 an encoder on the frozen decoder.
+    """Trains ``decoder`` and an encoder by LiBI (module docstring): ``rounds`` × (stage 1, stage 2), best round kept.
 
     Arguments:
-        decoder: ``f_θ``, ``(..., d) -> (..., D)``; trained in place in stage 1, never in stage 2.
+        decoder: ``f_θ``, ``(..., d) -> (..., D)``; trained in stage 1, frozen in stage 2.
         data: ``(N, D)`` training data.
-        likelihood: The observation model.
+        likelihood: The observation model (the paper fixes its σ to the truth).
         latent_dim: ``d``.
-        encoder: ``(..., D) -> (..., 2d)`` for the :class:`~pyro_mapa.MeanFieldGuide` (default a
-            fresh ``mlp(D, 2d, hidden)`` seeded by ``seed``).
-        guide: Any guide ``guide(batch_idx)`` with a local site ``"z"`` in plate ``"data"``,
-            instead of the mean-field one.
-        stage1_epochs, stage2_epochs: Epochs of each stage (0 skips it).
+        encoder: ``(..., D) -> (..., 2d)`` for the :class:`~pyro_mapa.MeanFieldGuide` (default
+            ``mlp(D, 2d, hidden)`` seeded by ``seed``); carried over from round to round.
+        code_network: ``h_φ``, ``(..., D) -> (..., d)``, the encoder's architecture with ``d`` outputs
+            (default ``mlp(D, d, hidden)`` set to the initial encoder's mean head). Rounds after the
+            first restart it from the previous round's encoder by :func:`load_mean_head`.
+        rounds: ``R ≥ 1`` (the paper's grid: 1 or 6).
+        hz_weight: ``ε_HZ`` (multiplies ``exp(HZ)``; the paper's grid 0.001, 1, 10, 20).
+        cov_scale, mean_scale: ``ε_Σ``, ``ε_μ`` (divide inside the exponentials; the paper's grid 0.2, 0.5).
+        stage1_epochs, stage2_epochs: Epochs of each stage in every round (0 skips the stage).
         stage2_loss: ``"elbo"`` (``Trace_ELBO``) or ``"iwae"`` (``TraceIWAE_ELBO(num_particles)``).
-        batch_size, lr: Minibatch size and Adam learning rate of both stages.
-        likelihood_method: ``"auto"``, ``"quadrature"`` (``d = 1``), ``"grid"`` (``d ≤ 2``) or
-            ``"importance"`` (any ``d``).
-        num_points: Grid nodes per dimension (default: 2001 for ``d = 1``, 301 for ``d = 2``).
-        grid_jitter: Shift the grid by a uniform random fraction of its spacing every step.
-        num_is_samples: Prior draws per point per step for ``"importance"``.
-        seed: Seeds the encoder initialization, stage 1's minibatches, jitter and draws, and
-            stage 2 (via :func:`~pyro_mapa.training.fit`, which sets Pyro's global seed).
-        progress: Show tqdm bars ("LiBI stage 1", "LiBI stage 2"), left on screen.
-        num_threads: Torch intra-op threads during both stages, restored afterwards (the policy of
-            :mod:`pyro_mapa.training.threads`: default one thread unless ``OMP_NUM_THREADS`` is set).
+        batch_size, lr: Minibatch size (``≥ d + 2``, for ``HZ``) and Adam learning rate of both stages.
+        hidden: Hidden sizes of the default encoder and code network.
+        valid_data: ``(M, D)`` points whose mean log-likelihood chooses the round (exact on a grid for
+            ``d ≤ 2``; importance sampling with a fitted proposal for ``d > 2``). Without it, several
+            rounds are chosen on the training data (and ``selection`` says so).
+        seed: Seeds the default networks, stage 1's minibatches, and round ``t``'s stage 2 with ``seed + t - 1``.
+        progress: tqdm bars per stage and round, left on screen.
+        num_threads: Torch intra-op threads (policy of :mod:`pyro_mapa.training.threads`).
 
     Raises:
-        NonFiniteLossError: Stage 1's loss became NaN or infinite (the epoch is named).
+        ValueError: ``rounds < 1``; a penalty weight ``≤ 0``; a code network without ``d`` outputs or an
+            encoder without ``2d``; ``batch_size < d + 2``; a stale parameter store.
+        NonFiniteLossError: Stage 1's loss became NaN or infinite.
     """
     data = check_data(data, "data")
     d = check_positive_int(latent_dim, "latent_dim")
-    method = _resolve_method(likelihood_method, d)
+    rounds = check_positive_int(rounds, "rounds")
+    weights = {"hz_weight": _positive(hz_weight, "hz_weight", "ε_HZ, e.g. 1.0"),
+               "cov_scale": _positive(cov_scale, "cov_scale", "ε_Σ, e.g. 0.5"),
+               "mean_scale": _positive(mean_scale, "mean_scale", "ε_μ, e.g. 0.5")}
     for value, name in ((stage1_epochs, "stage1_epochs"), (stage2_epochs, "stage2_epochs")):
         check_count(value, name)
-    check_positive_int(batch_size, "batch_size")
+    if check_positive_int(batch_size, "batch_size") < d + 2:
+        raise ValueError(f"batch_size must be >= latent_dim + 2 = {d + 2} (the Henze-Zirkler penalty needs "
+                         f"a nonsingular batch covariance), got {batch_size}")
     if stage2_loss not in ("elbo", "iwae"):
         raise ValueError(f"stage2_loss must be 'elbo' or 'iwae', got {stage2_loss!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    if encoder is not None and guide is not None:
-        raise ValueError("pass encoder or guide, not both")
+    _positive(lr, "lr", "Adam's learning rate, e.g. 1e-3")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int (it seeds stage 1's own generator), got {seed!r}")
+        raise TypeError(f"seed must be an int, got {seed!r}")
     if not isinstance(decoder, nn.Module):
         raise TypeError(f"decoder must be a torch.nn.Module (e.g. mlp(latent_dim, D)), got {type(decoder).__name__}")
     check_decoder_input(decoder, d)
-    with torch_threads(num_threads):
-        return _fit_libi(decoder, data, likelihood, d, method, encoder, guide, stage1_epochs, stage2_epochs,
-                         stage2_loss, num_particles, batch_size, lr, num_points, grid_jitter, num_is_samples, hidden,
-                         seed, progress)
-
-
-def _fit_libi(decoder, data, likelihood, d, method, encoder, guide, stage1_epochs, stage2_epochs, stage2_loss,
-              num_particles, batch_size, lr, num_points, grid_jitter, num_is_samples, hidden, seed,
-              progress) -> LiBIResult:
-    n = data.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    dev_gen = gen if data.device.type == "cpu" else torch.Generator(device=data.device).manual_seed(seed)
-    grid = latent_grid(d, num_points) if method == "grid" else None
-    h = float(grid.z[1, -1] - grid.z[0, -1]) if grid is not None else 0.0
-
-    # Stage 1: the decoder alone, on the (grid or importance-sampled) log-likelihood.
-    params = [p for p in decoder.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    losses: list[float] = []
-    start = time.perf_counter()
-    for epoch in tqdm(range(stage1_epochs), desc="LiBI stage 1", disable=not progress, leave=True):
-        total = data.new_zeros(())
-        batches = torch.randperm(n, generator=gen).to(data.device).split(batch_size)
-        for idx in batches:
-            step_grid = grid
-            if grid is not None and grid_jitter:
-                step_grid = _shifted_grid(d, num_points, torch.rand(d, generator=gen, dtype=torch.float64) * h)
-            loss = marginal_nll(
-                decoder, data[idx], likelihood, d, num_data=n, method=method, grid=step_grid,
-                num_is_samples=num_is_samples, generator=dev_gen,
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total = total + loss.detach() / n
-        losses.append(float(total) / len(batches))
-        if not math.isfinite(losses[-1]):
-            raise NonFiniteLossError(f"LiBI stage 1: the log-likelihood is {losses[-1]} in epoch {epoch}")
-    for p in params:
-        p.grad = None
-    stage1_seconds = time.perf_counter() - start
-    rows = len(grid.z) if grid is not None else num_is_samples * min(batch_size, n)
-    passes = rows / min(batch_size, n)
-
-    # Stage 2: the decoder frozen (not registered with Pyro, no gradients, eval mode).
-    if guide is None:
+    if valid_data is not None:
+        valid_data = check_data(valid_data, "valid_data")
+    D = data.shape[1]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
         if encoder is None:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                encoder = mlp(data.shape[1], 2 * d, hidden)
-            encoder = encoder.to(data.device, data.dtype)
-        _check_param_store("encoder", encoder)
-        guide = MeanFieldGuide(encoder, data, d)
+            encoder = mlp(D, 2 * d, hidden).to(data.device, data.dtype)
+        if code_network is None:
+            code_network = mlp(D, d, hidden).to(data.device, data.dtype)
+            load_mean_head(code_network, encoder, d)
+    _check_outputs(encoder, data, 2 * d, "encoder", f"mlp({D}, 2 * latent_dim)")
+    _check_outputs(code_network, data, d, "code_network", f"mlp({D}, latent_dim), the encoder's architecture")
+    if rounds > 1:
+        _mean_head_state(encoder, code_network, d)  # refuse mismatched architectures before training
+    _check_param_store("encoder", encoder)
+    with torch_threads(num_threads):
+        return _fit_libi(decoder, data, likelihood, d, encoder, code_network, rounds, weights, stage1_epochs,
+                         stage2_epochs, stage2_loss, num_particles, batch_size, lr, valid_data, seed, progress)
+
+
+def _fit_libi(decoder, data, likelihood, d, encoder, code_network, rounds, weights, stage1_epochs, stage2_epochs,
+              stage2_loss, num_particles, batch_size, lr, valid_data, seed, progress) -> LiBIResult:
+    gen = torch.Generator().manual_seed(seed)
+    guide = MeanFieldGuide(encoder, data, d)
     model = VAEModel(decoder, data, d, likelihood)
     loss_fn: ELBO = (
         Trace_ELBO(max_plate_nesting=1) if stage2_loss == "elbo" else TraceIWAE_ELBO(num_particles, max_plate_nesting=1)
     )
-    flags = [p.requires_grad for p in decoder.parameters()]
-    was_training = decoder.training
-    decoder.requires_grad_(False).eval()
-    try:
-        stage2 = fit(model, guide, loss_fn, n, epochs=stage2_epochs, batch_size=batch_size, lr=lr, seed=seed,
-                     progress=progress, desc="LiBI stage 2", num_threads=torch.get_num_threads())
-    finally:
-        for p, flag in zip(decoder.parameters(), flags):
-            p.requires_grad_(flag)
-        decoder.train(was_training)
-    return LiBIResult(
-        model, guide, loss_fn, decoder, encoder, likelihood, d, method, losses, list(stage2.epoch_losses), stage2,
-        stage1_seconds, passes,
-    )
+    selection = "valid" if valid_data is not None else ("train" if rounds > 1 else "none")
+    select_x = valid_data if valid_data is not None else data
+    history: list[LiBIRound] = []
+    states, best, best_score, seconds, steps1 = [], 0, -math.inf, 0.0, 0
+    for t in range(rounds):
+        if t > 0:
+            load_mean_head(code_network, encoder, d)
+        tag = "LiBI" if rounds == 1 else f"LiBI round {t + 1}"
+        start = time.perf_counter()
+        losses1, s = _stage1(decoder, code_network, data, likelihood, d, weights, stage1_epochs, batch_size, lr, gen,
+                             f"{tag} stage 1", progress)
+        seconds += time.perf_counter() - start
+        steps1 += s
+        res2 = _stage2(decoder, model, guide, loss_fn, len(data), stage2_epochs, batch_size, lr, seed + t, progress,
+                       f"{tag} stage 2")
+        rec = LiBIRound(losses1, list(res2.epoch_losses), None, res2)
+        if selection != "none":
+            rec.log_likelihood = _selection_log_likelihood(decoder, likelihood, select_x, d, seed)
+            score = rec.log_likelihood if math.isfinite(rec.log_likelihood) else -math.inf
+            if not history or score > best_score:
+                best, best_score = t, score
+        history.append(rec)
+        if rounds > 1:
+            states.append([copy.deepcopy(m.state_dict()) for m in (decoder, encoder, code_network)])
+    if rounds > 1:
+        for m, state in zip((decoder, encoder, code_network), states[best]):
+            m.load_state_dict(state)  # in place: the param store keeps the same tensors
+    return LiBIResult(model, guide, loss_fn, decoder, encoder, code_network, likelihood, d, history, best, selection,
+                      seconds, steps1)

@@ -1,0 +1,218 @@
+"""LiBI as the paper describes it (pyro_mapa.training.libi): stage 1's loss by hand, stage 2 freezes θ,
+rounds restart the code network from the inference network's mean head, the best round is chosen on validation."""
+
+import math
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from torch import nn
+
+import pyro_mapa.training.libi as libi
+from pyro_mapa import NormalLikelihood, mlp
+from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.training import fit_libi, libi_code_loss, load_mean_head
+
+F64 = torch.float64
+
+
+def linear(n_in, n_out, weight, bias):
+    layer = nn.Linear(n_in, n_out).double()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor(weight, dtype=F64))
+        layer.bias.copy_(torch.tensor(bias, dtype=F64))
+    return layer
+
+
+def tiny_case():
+    """Fixed float64 networks: codes h(x) = W_h x + b_h (2 of them), decoder f(z) = W_f z + b_f in R^3."""
+    code = linear(3, 2, [[0.9, -0.4, 0.3], [0.2, 0.7, -0.5]], [0.1, -0.2])
+    dec = linear(2, 3, [[1.0, 0.5], [-0.3, 0.8], [0.6, -1.1]], [0.05, -0.1, 0.2])
+    x = torch.tensor([[0.3, -1.2, 0.8], [1.5, 0.2, -0.7], [-0.9, 0.4, 1.1], [0.1, 1.8, -0.2], [-1.4, -0.6, 0.5],
+                      [0.7, -0.3, -1.6], [0.2, 0.9, 0.4]], dtype=F64)
+    return code, dec, x
+
+
+def hand_loss(code, dec, x, sigma, eps_hz, eps_cov, eps_mean):
+    """The paper's loss written out in NumPy: mean Gaussian NLL + ε_HZ e^HZ + e^{‖Σ−I‖²/ε_Σ} + e^{‖μ‖²/ε_μ}."""
+    X = x.numpy()
+    Wh, bh = code.weight.detach().numpy(), code.bias.detach().numpy()
+    Wf, bf = dec.weight.detach().numpy(), dec.bias.detach().numpy()
+    Z = X @ Wh.T + bh
+    M = Z @ Wf.T + bf
+    n, d = Z.shape
+    nll = np.mean(np.sum((X - M) ** 2 / (2 * sigma**2) + math.log(sigma) + 0.5 * math.log(2 * math.pi), axis=1))
+    S = np.cov(Z, rowvar=False, bias=True)
+    Si = np.linalg.inv(S)
+    zbar = Z.mean(0)
+    beta = ((2 * d + 1) / 4) ** (1 / (d + 4)) * n ** (1 / (d + 4)) / math.sqrt(2)
+    b2 = beta**2
+    pairs = sum(math.exp(-b2 / 2 * (Z[j] - Z[k]) @ Si @ (Z[j] - Z[k])) for j in range(n) for k in range(n))
+    single = sum(math.exp(-b2 / (2 * (1 + b2)) * (Z[j] - zbar) @ Si @ (Z[j] - zbar)) for j in range(n))
+    hz = n * (pairs / n**2 - 2 * (1 + b2) ** (-d / 2) * single / n + (1 + 2 * b2) ** (-d / 2))
+    parts = (nll, eps_hz * math.exp(hz), math.exp(np.sum((S - np.eye(d)) ** 2) / eps_cov),
+             math.exp(np.sum(zbar**2) / eps_mean))
+    return sum(parts), parts
+
+
+def test_stage1_loss_is_the_papers_written_out_by_hand():
+    code, dec, x = tiny_case()
+    lik = NormalLikelihood(0.5)
+    out = libi_code_loss(dec, code, x, lik, hz_weight=0.3, cov_scale=0.7, mean_scale=0.4)
+    total, parts = hand_loss(code, dec, x, 0.5, 0.3, 0.7, 0.4)
+    got = [float(t.detach()) for t in (out.nll, out.hz_penalty, out.cov_penalty, out.mean_penalty)]
+    for a, b in zip(got, parts):
+        assert math.isclose(a, b, rel_tol=1e-10), (got, parts)
+    assert math.isclose(float(out.total.detach()), total, rel_tol=1e-10)
+    assert min(parts[1:]) > 1e-3 * parts[0]  # every penalty weighs in the total (none negligible)
+    # fit_libi's first stage-1 epoch (one batch of all 7 rows, lr so small the step changes nothing
+    # before the loss is read) records exactly this loss.
+    pyro.clear_param_store()
+    enc = linear(3, 4, np.full((4, 3), 0.1).tolist(), [0.0] * 4)
+    r = fit_libi(dec, x, lik, 2, encoder=enc, code_network=code, hz_weight=0.3, cov_scale=0.7, mean_scale=0.4,
+                 stage1_epochs=1, stage2_epochs=0, batch_size=7, lr=1e-12)
+    assert math.isclose(r.rounds[0].stage1_losses[0], total, rel_tol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def jtex():
+    ds = load_dataset("linear_jtex", num_train=60, num_valid=40, num_test=2, seed=0)
+    return ds.train, ds.valid, ds.likelihood
+
+
+def state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_stage2_leaves_the_decoder_bit_for_bit_unchanged_in_every_round(jtex, monkeypatch):
+    x, _, lik = jtex
+    real, checked = libi._stage2, []
+
+    def spy(decoder, model, guide, *args):
+        before, enc_before = state(decoder), state(guide.encoder)
+        out = real(decoder, model, guide, *args)
+        checked.append(all(torch.equal(v, before[k]) for k, v in decoder.state_dict().items()))
+        assert any(not torch.equal(v, enc_before[k]) for k, v in guide.encoder.state_dict().items())  # φ trained
+        return out
+
+    monkeypatch.setattr(libi, "_stage2", spy)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    dec = mlp(2, 2, (8,))
+    start = state(dec)
+    r = fit_libi(dec, x, lik, 2, rounds=2, stage1_epochs=2, stage2_epochs=3, batch_size=20, lr=1e-2, hidden=(8,))
+    assert checked == [True, True]
+    assert any(not torch.equal(v, start[k]) for k, v in dec.state_dict().items())  # stage 1 did train θ
+    assert all(p.requires_grad for p in dec.parameters()) and dec.training
+    assert [len(rd.stage2_losses) for rd in r.rounds] == [3, 3]
+
+
+def test_load_mean_head_is_the_encoders_location_output(jtex):
+    x = jtex[0]
+    torch.manual_seed(1)
+    enc, code = mlp(2, 4, (6,)), mlp(2, 2, (6,))
+    load_mean_head(code, enc, 2)
+    out = enc(x)
+    assert torch.allclose(code(x), out[:, :2], rtol=0, atol=1e-6)  # float32 matmuls of other widths
+    assert (code(x) - out[:, 2:]).abs().max() > 0.01  # the location, not the scale
+    with pytest.raises(ValueError, match="code_network"):
+        load_mean_head(mlp(2, 2, (5,)), enc, 2)
+
+
+def test_each_round_starts_its_code_network_from_the_previous_rounds_inference_network(jtex, monkeypatch):
+    x, _, lik = jtex
+    real1, real2 = libi._stage1, libi._stage2
+    code_at_start, code_at_end, enc_after = [], [], []
+
+    def spy1(decoder, code_network, *args):
+        code_at_start.append(state(code_network))
+        out = real1(decoder, code_network, *args)
+        code_at_end.append(state(code_network))
+        return out
+
+    def spy2(decoder, model, guide, *args):
+        out = real2(decoder, model, guide, *args)
+        enc_after.append(state(guide.encoder))
+        return out
+
+    monkeypatch.setattr(libi, "_stage1", spy1)
+    monkeypatch.setattr(libi, "_stage2", spy2)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    enc = mlp(2, 4, (8,))
+    enc0 = state(enc)
+    fit_libi(mlp(2, 2, (8,)), x, lik, 2, encoder=enc, rounds=3, stage1_epochs=2, stage2_epochs=2, batch_size=20,
+             lr=1e-2, hidden=(8,))
+    assert len(code_at_start) == 3
+    for t, enc_state in enumerate([enc0, *enc_after[:2]]):  # round 1: the initial encoder's mean head
+        expected = {"0.weight": enc_state["0.weight"], "0.bias": enc_state["0.bias"],
+                    "2.weight": enc_state["2.weight"][:2], "2.bias": enc_state["2.bias"][:2]}
+        assert set(code_at_start[t]) == set(expected)
+        for k, v in expected.items():
+            assert torch.equal(code_at_start[t][k], v), (t, k)
+        if t > 0:  # not where stage 1 left it
+            assert not torch.equal(code_at_start[t]["2.weight"], code_at_end[t - 1]["2.weight"])
+
+
+def test_the_round_with_the_best_validation_log_likelihood_is_returned(jtex, monkeypatch):
+    x, valid, lik = jtex
+    scripted, seen = iter([-3.0, -1.0, -2.0]), []
+
+    def fake(decoder, likelihood, data, latent_dim, seed):
+        seen.append((data, state(decoder)))
+        return next(scripted)
+
+    monkeypatch.setattr(libi, "_selection_log_likelihood", fake)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    dec = mlp(2, 2, (8,))
+    r = fit_libi(dec, x, lik, 2, rounds=3, stage1_epochs=2, stage2_epochs=1, batch_size=20, lr=1e-2, hidden=(8,),
+                 valid_data=valid)
+    assert [rd.log_likelihood for rd in r.rounds] == [-3.0, -1.0, -2.0]
+    assert r.best_round == 1 and r.selection == "valid"
+    assert all(data is valid for data, _ in seen)
+    best, last = seen[1][1], seen[2][1]
+    assert all(torch.equal(v, best[k]) for k, v in dec.state_dict().items())  # round 2's θ, loaded back
+    assert any(not torch.equal(v, last[k]) for k, v in dec.state_dict().items())
+    # A NaN round is never chosen, and without valid_data the training data chooses.
+    scripted, seen = iter([float("nan"), -5.0]), []
+    pyro.clear_param_store()
+    r = fit_libi(mlp(2, 2, (8,)), x, lik, 2, rounds=2, stage1_epochs=1, stage2_epochs=1, batch_size=20, hidden=(8,))
+    assert r.best_round == 1 and r.selection == "train" and all(data is x for data, _ in seen)
+
+
+def test_selection_log_likelihood_is_exact_for_a_linear_decoder():
+    """d = 2, f(z) = W z + b: p(x) = N(b, W Wᵀ + σ² I) in closed form."""
+    dec = linear(2, 2, [[0.8, 0.3], [-0.4, 0.9]], [0.2, -0.1])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 2, generator=g, dtype=F64)
+    w, b = dec.weight.detach(), dec.bias.detach()
+    exact = torch.distributions.MultivariateNormal(b, w @ w.T + 0.09 * torch.eye(2, dtype=F64)).log_prob(x).mean()
+    got = libi._selection_log_likelihood(dec, NormalLikelihood(0.3), x, 2, 0)
+    assert abs(got - float(exact)) < 1e-6
+
+
+def test_bad_arguments_are_refused_naming_them(jtex):
+    x, _, lik = jtex
+    dec = mlp(2, 2, (4,))
+    for kw, name in (({"rounds": 0}, "rounds"), ({"hz_weight": 0.0}, "hz_weight"), ({"cov_scale": -1.0}, "cov_scale"),
+                     ({"mean_scale": 0}, "mean_scale"), ({"code_network": mlp(2, 3, (4,))}, "code_network"),
+                     ({"encoder": mlp(2, 3, (4,))}, "encoder"), ({"batch_size": 3}, "batch_size"),
+                     ({"rounds": 2, "code_network": mlp(2, 2, (5,)), "hidden": (4,)}, "code_network")):
+        pyro.clear_param_store()
+        with pytest.raises(ValueError, match=name):
+            fit_libi(dec, x, lik, 2, stage1_epochs=1, stage2_epochs=1, batch_size=kw.pop("batch_size", 20), **kw)
+    with pytest.raises(TypeError, match="hz_weight"):
+        fit_libi(dec, x, lik, 2, hz_weight="1")
+
+
+def test_registered_method_runs_rounds_and_marks_their_stages(jtex):
+    x, _, lik = jtex
+    pyro.clear_param_store()
+    setup = build_method("LiBI", x, lik, latent_dim=2, hidden=(8,), options={"rounds": 2, "stage1_fraction": 0.5})
+    res = setup.train(epochs=4, batch_size=20, progress=False)
+    assert res.epoch_stages == ["round 1 stage 1", "round 1 stage 2", "round 2 stage 1", "round 2 stage 2"]
+    assert res.steps == 4 * 3 and res.decoder_passes_per_point == 1.0  # one decoder row per point per step
+    assert setup.guide.encoder is setup.encoder and setup.model.decoder is setup.decoder
