@@ -18,6 +18,10 @@ method         guide                            loss
 ``LiBI``       mean-field Gaussian              R rounds: stage 1 decoder + point codes (HZ and moment
                                                 penalties), stage 2 ``Trace_ELBO`` over the encoder only
 ``ExactDecoder`` mean-field Gaussian            stage 1 exact likelihood, stage 2 ``Trace_ELBO``
+``beta-VAE``   mean-field Gaussian              ``TraceBetaELBO(β)`` (site ``z`` scaled by β)
+``annealed-beta-VAE`` mean-field Gaussian       ``TraceBetaELBO``, β from 0 to its value linearly over the
+                                                first half of the epochs (:func:`annealed_beta`)
+``Lagging``    mean-field Gaussian              ``Trace_ELBO``; segments of encoder-only, then joint epochs
 =============  ===============================  ======================================
 
 After training, :class:`LearnedModel` is the original model (Eq. 1) each method
@@ -48,6 +52,7 @@ from ..evaluation.index_loglik import index_log_likelihood
 from ..errors import check_positive_int
 from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
 from ..infer import hamiltonian_guide as hvae_defaults
+from ..infer._pyro_compat import Messenger
 from ..infer import infovae_elbo as infovae_defaults
 from ..models import (
     AmortizedCodebook,
@@ -66,10 +71,11 @@ from ..training.exact_decoder import fit_exact_decoder
 from ..training.libi import fit_libi
 from ..priors.learned_model import LearnedModel
 
-__all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "build_method", "true_posterior_table"]
+__all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "TraceBetaELBO", "annealed_beta", "build_method",
+           "true_posterior_table"]
 
 METHODS = ("VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "RenyiELBO", "InfoVAE", "HVAE",
-           "LIDVAE", "MAPA-LIDVAE", "LiBI", "ExactDecoder")
+           "LIDVAE", "MAPA-LIDVAE", "LiBI", "ExactDecoder", "beta-VAE", "annealed-beta-VAE", "Lagging")
 MAPA_METHODS = ("MAPA", "MAPA-GT", "MAPA-naive", "MAPA-free", "MAPA-LIDVAE")
 SMOOTHED_METHODS = ("MAPA",)  # options={"tau": τ}: codes smoothed by N(0, (τ s)^2), see AmortizedCodebook
 
@@ -78,6 +84,8 @@ SMOOTHED_METHODS = ("MAPA",)  # options={"tau": τ}: codes smoothed by N(0, (τ 
 OPTION_GRIDS: dict[str, list[dict]] = {
     "InfoVAE": [{"alpha": 1.0, "lambda_": 1.0}, {"alpha": 0.0, "lambda_": 10.0}, {"alpha": 1.0, "lambda_": 10.0}],
     "HVAE": [{"num_leapfrog": 1, "tempering": "learned"}, {"num_leapfrog": 5, "tempering": "learned"}],
+    "beta-VAE": [{"beta": 0.5}, {"beta": 2.0}, {"beta": 5.0}],  # LiBI paper's grids
+    "annealed-beta-VAE": [{"beta": 0.5}, {"beta": 1.0}, {"beta": 2.0}, {"beta": 5.0}],
 }
 # InfoVAE's and HVAE's defaults are their classes' (one source: TraceInfoVAE_ELBO() and HamiltonianGuide(...)
 # without options build exactly the registry's method).
@@ -89,7 +97,55 @@ DEFAULT_OPTIONS: dict[str, dict] = {
     "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
     "LiBI": {"rounds": 1, "hz_weight": 1.0, "cov_scale": 0.5, "mean_scale": 0.5, "stage1_fraction": 0.75},
     "ExactDecoder": {"stage1_fraction": 0.75},
+    "beta-VAE": {"beta": 2.0},
+    "annealed-beta-VAE": {"beta": 1.0, "warmup_fraction": 0.5},
+    "Lagging": {"segments": 5, "encoder_fraction": 0.5},
 }
+
+
+class _ScaleSite(Messenger):
+    """Multiplies one sample site's log-density by ``scale`` (``poutine.scale`` restricted to that site)."""
+
+    def __init__(self, site: str, scale: float) -> None:
+        super().__init__()
+        self.site, self.scale = site, scale
+
+    def _process_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["name"] == self.site:
+            msg["scale"] = msg["scale"] * self.scale
+
+
+class TraceBetaELBO(Trace_ELBO):
+    """β-VAE's loss: ``Trace_ELBO`` with the latent site ``z`` scaled by ``beta`` in model and guide.
+
+    Per point, :math:`-\\mathbb E_q[\\log p(x \\mid z)] + \\beta\\, \\mathbb E_q[\\log q(z \\mid x) - \\log p(z)]`
+    (the single-sample KL estimate scaled by β); ``beta = 1`` is ``Trace_ELBO`` exactly. ``beta`` may be
+    changed between steps (the annealed β-VAE does).
+    """
+
+    def __init__(self, beta: float = 1.0, site: str = "z", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.beta, self.site = beta, site
+
+    def _scaled(self, fn):
+        return _ScaleSite(self.site, self.beta)(fn)
+
+    def loss(self, model, guide, *args, **kwargs):
+        return super().loss(self._scaled(model), self._scaled(guide), *args, **kwargs)
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        return super().loss_and_grads(self._scaled(model), self._scaled(guide), *args, **kwargs)
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return super().differentiable_loss(self._scaled(model), self._scaled(guide), *args, **kwargs)
+
+
+def annealed_beta(epoch: int, epochs: int, beta: float = 1.0, warmup_fraction: float = 0.5) -> float:
+    """The annealed β-VAE's β in ``epoch`` (from 0): ``beta · min(1, epoch / W)``, ``W = max(1, round(fraction · epochs))``.
+
+    Linear warm-up from 0 over the first ``warmup_fraction`` of the epochs, then ``beta``.
+    """
+    return beta * min(1.0, epoch / max(1, round(warmup_fraction * epochs)))
 
 
 def true_posterior_table(
@@ -220,6 +276,66 @@ def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_di
     return train
 
 
+def _annealed_trainer(setup: MethodSetup, opts: dict):
+    def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
+              num_threads: int | None) -> FitResult:
+        loss, final = setup.loss, opts["beta"]
+        loss.beta = annealed_beta(0, epochs, final, opts["warmup_fraction"])
+
+        def step_beta(epoch: int, _value: float) -> None:  # after epoch e: β of epoch e + 1
+            loss.beta = annealed_beta(epoch + 1, epochs, final, opts["warmup_fraction"])
+
+        try:
+            return fit(setup.model, setup.guide, loss, len(setup.model.data), epochs=epochs, batch_size=batch_size,
+                       lr=lr, seed=seed, progress=progress, desc=setup.name, callback=step_beta,
+                       num_threads=num_threads)
+        finally:
+            loss.beta = final
+
+    return train
+
+
+def _lagging_trainer(setup: MethodSetup, opts: dict):
+    """He et al. (2019) as the LiBI paper ran it: ``S = max(1, min(segments, epochs // 2))`` equal segments, each
+    ``round(encoder_fraction · length)`` epochs (at least 1) of encoder-only ELBO steps (decoder frozen), then
+    the rest joint; a fresh Adam per phase (one :func:`fit` call), phase ``k`` seeded ``seed + k``."""
+
+    def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
+              num_threads: int | None) -> FitResult:
+        check_positive_int(epochs, "epochs")
+        segments = max(1, min(check_positive_int(opts["segments"], "options segments"), epochs // 2))
+        bounds = [round(k * epochs / segments) for k in range(segments + 1)]
+        out, phase, dec = FitResult(), 0, setup.decoder
+        for k in range(segments):
+            length = bounds[k + 1] - bounds[k]
+            enc_epochs = min(length, max(1, round(opts["encoder_fraction"] * length)))
+            for frozen, n_ep in ((True, enc_epochs), (False, length - enc_epochs)):
+                if n_ep == 0:
+                    continue
+                flags, was_training = [p.requires_grad for p in dec.parameters()], dec.training
+                if frozen:
+                    dec.requires_grad_(False).eval()  # no gradients: Pyro's Adam leaves θ as it is
+                try:
+                    res = fit(setup.model, setup.guide, setup.loss, len(setup.model.data), epochs=n_ep,
+                              batch_size=batch_size, lr=lr, seed=None if seed is None else seed + phase,
+                              progress=progress, desc=f"{setup.name} {k + 1}", num_threads=num_threads)
+                finally:
+                    for p, flag in zip(dec.parameters(), flags):
+                        p.requires_grad_(flag)
+                    dec.train(was_training)
+                phase += 1
+                total = out.steps + res.steps
+                for attr in ("encoder_passes_per_point", "decoder_passes_per_point"):
+                    setattr(out, attr, (getattr(out, attr) * out.steps + getattr(res, attr) * res.steps) / total)
+                out.seconds_per_epoch += res.seconds_per_epoch * n_ep / epochs
+                out.steps = total
+                out.epoch_losses += res.epoch_losses
+                out.epoch_stages += [f"segment {k + 1} {'encoder' if frozen else 'joint'}"] * n_ep
+        return out
+
+    return train
+
+
 def build_method(
     name: str,
     data: Tensor,
@@ -252,7 +368,8 @@ def build_method(
             InfoVAE: ``alpha``, ``lambda_``,
             ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
             LIDVAE: ``hidden``, ``strength``; LiBI: ``rounds``, ``hz_weight``, ``cov_scale``, ``mean_scale``,
-            ``stage1_fraction``; ExactDecoder: ``stage1_fraction``).
+            ``stage1_fraction``; ExactDecoder: ``stage1_fraction``; beta-VAE: ``beta``; annealed-beta-VAE:
+            ``beta``, ``warmup_fraction``; Lagging: ``segments``, ``encoder_fraction``).
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -280,6 +397,8 @@ def build_method(
             loss = TraceIWAE_ELBO(num_particles, max_plate_nesting=1)
         elif name == "RenyiELBO":
             loss = RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
+        elif name in ("beta-VAE", "annealed-beta-VAE"):
+            loss = TraceBetaELBO(opts["beta"], max_plate_nesting=1)
         elif name == "InfoVAE":
             loss = TraceInfoVAE_ELBO(opts["alpha"], opts["lambda_"], kernel=opts["kernel"],
                                      bandwidth=opts["bandwidth"], max_plate_nesting=1)
@@ -291,6 +410,10 @@ def build_method(
         setup = MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
         if name == "LiBI":
             setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden, opts)
+        elif name == "annealed-beta-VAE":
+            setup.trainer = _annealed_trainer(setup, opts)
+        elif name == "Lagging":
+            setup.trainer = _lagging_trainer(setup, opts)
         elif name == "ExactDecoder":
             setup.trainer = _exact_decoder_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
                                           opts["stage1_fraction"])
