@@ -41,9 +41,9 @@ def test_options_reach_the_objects(data):
             build_method(name, data.train, data.likelihood, hidden=(8,), options=opts)
 
 
-def test_libi_trains_the_decoder_only_in_stage_one(data):
+def test_exact_decoder_trains_the_decoder_only_in_stage_one(data):
     pyro.clear_param_store()
-    setup = build_method("LiBI", data.train, data.likelihood, hidden=(8,), options={"stage1_fraction": 0.5})
+    setup = build_method("ExactDecoder", data.train, data.likelihood, hidden=(8,), options={"stage1_fraction": 0.5})
     result = setup.train(len(data.train), epochs=4, batch_size=20, lr=1e-3, seed=0)
     assert len(result.epoch_losses) == 4
     # Stage 1 decodes the whole grid once per step, shared by the batch: more decoder rows per point than a VAE.

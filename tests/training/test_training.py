@@ -40,6 +40,7 @@ def test_methods_list():
         "VAE", "IWAE", "MAPA", "MAPA-GT", "MAPA-naive",  # the paper's methods
         "MAPA-free",  # free codes (one per point, no encoder)
         "RenyiELBO", "InfoVAE", "HVAE", "LIDVAE", "MAPA-LIDVAE", "LiBI",  # the seed methods
+        "ExactDecoder", "beta-VAE", "annealed-beta-VAE", "Lagging",  # LiBI's reading and its paper's baselines
     )
 
 
