@@ -40,7 +40,7 @@ from pyro_mapa.diagnostics import henze_zirkler
 from pyro_mapa.experiments.datasets import load_dataset
 from pyro_mapa.priors import GaussianCopulaPrior, KDEPrior, LearnedModel
 from pyro_mapa.experiments.methods import build_method
-from pyro_mapa.training import fit
+from pyro_mapa.training import fit, fit_libi
 from pyro_mapa.training.checkpoint import load_checkpoint
 
 __all__ = ["CASES", "DOC", "MARKER", "main", "rows", "splice", "table"]
@@ -198,6 +198,10 @@ CASES: dict[str, Callable[[SimpleNamespace], Any]] = {
     "Henze-Zirkler statistic of collinear codes": lambda s: henze_zirkler(torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])),
     "Henze-Zirkler beta = 0": lambda s: henze_zirkler(s.X, beta=0.0),
     "a data set name that does not exist": lambda s: load_dataset("figure9"),
+    "LiBI rounds = 0": lambda s: fit_libi(mlp(1, 2), s.X, NormalLikelihood(0.5), 1, rounds=0),
+    "LiBI Henze-Zirkler weight = 0": lambda s: fit_libi(mlp(1, 2), s.X, NormalLikelihood(0.5), 1, hz_weight=0.0),
+    "LiBI code network of another output size": lambda s: fit_libi(
+        mlp(1, 2), s.X, NormalLikelihood(0.5), 1, code_network=mlp(2, 2)),
     "decoder turns NaN during training": _decoder_turns_nan,
     "fit: num_points differs from the model's data": lambda s: fit(
         *_vae(s), num_points=10, epochs=1, progress=False),
