@@ -7,15 +7,14 @@ import warnings
 
 import pyro
 import torch
-import torch.nn.functional as F
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.infer.autoguide import AutoGuideList
 from torch import Tensor
 
-from ..errors import NonFiniteLossError, as_index_tensor, check_count
+from ..errors import NonFiniteLossError, check_count
 from ..table.counter_rng import counter_uniform
-from ._pyro_compat import Messenger, QuietNestingGuess, site_is_subsample
+from ._pyro_compat import QuietNestingGuess, site_is_subsample
 from ._tracing import (
     peek_index_site,
     plate_frame,
@@ -24,6 +23,7 @@ from ._tracing import (
     scalar_scale,
     site_log_prob,
 )
+from .force_index import ForceIndexMessenger, mapa_index_values
 from .iwae_elbo import drop_negligible
 from .mapa_guide import MAPAGuide
 
@@ -172,27 +172,15 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         return trace
 
     def _index_values(self, guide: MAPAGuide, rows: Tensor) -> tuple[Tensor, Tensor]:
-        """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows."""
+        """``(P, B)`` index values and ``(P, B)`` log-weight corrections for the rows (:func:`mapa_index_values`)."""
         table = guide.table
-        top = table.top_k(rows, self.num_top)
+        rows = rows.to(table.device)
         uniforms = None
         if self.rng_seed is not None:
             width = self.num_samples if self.remainder == "with_replacement" else table.support_size - self.num_top
             uniforms = counter_uniform(self.rng_seed, self.step_count, rows, width, dtype=table.log_probs.dtype)
-        if self.remainder == "with_replacement":
-            rest = table.sample_remainder(
-                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
-            )
-            s = rest.indices.shape[1]
-            rest_correction = rest.log_probs + (math.log(s) if s else 0.0)
-        else:
-            rest = table.sample_remainder_without_replacement(
-                rows, self.num_top, self.num_samples, generator=self.generator, uniforms=uniforms
-            )
-            rest_correction = rest.log_probs  # log inclusion probabilities
-        values = torch.cat([top.indices, rest.indices], dim=1).T
-        correction = F.pad(rest_correction, (self.num_top, 0)).T  # zeros for the top K: one op
-        return values, correction
+        return mapa_index_values(table, rows, self.num_top, self.num_samples, remainder=self.remainder,
+                                 generator=self.generator, uniforms=uniforms)
 
     def _guess_nesting(self, model, guide, info, args, kwargs, drawn: set) -> None:
         """Sets ``max_plate_nesting`` from one unvectorized run of the model (top-1 index); checks its latents."""
@@ -229,7 +217,11 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         width = table.support_size - self.num_top
         drawn = self.num_samples if self.remainder == "with_replacement" else min(self.num_samples, width)
         num_particles = self.num_top + (drawn if width > 0 else 0)
-        forcing = _ForceIndex(self, guide)
+        forcing = ForceIndexMessenger(
+            guide.site, lambda rows: self._index_values(guide, rows), guide.plate,
+            num_rows=guide.table.total_rows, max_plate_nesting=self.max_plate_nesting,
+            check_site=guide.check_model_site,
+        )
         self.step_count += 1
         plate = pyro.plate(_PARTICLE_PLATE, num_particles, dim=-(self.max_plate_nesting + 1))
         trace = poutine.trace(plate(forcing(run))).get_trace(*args, **kwargs)
@@ -373,44 +365,3 @@ def _check_latent(name: str, site: dict, frame, guide: MAPAGuide, drawn: set) ->
         f"the model has a latent sample site {name!r} {where} the data plate {guide.plate!r} "
         f"besides the index site {guide.site!r}; {fix}"
     )
-
-
-class _ForceIndex(Messenger):
-    """Forces the index site to the ``K + S`` table values for the model's own minibatch.
-
-    The data plate's subsample site comes before the index site, so its value (the
-    model's minibatch, however the model chose it) is known when the index site is
-    reached; the values are then read from the table and the site is marked
-    observed, so its log-probability (the index prior, e.g. ``-log N``) is counted.
-    """
-
-    def __init__(self, elbo: TraceMAPA_ELBO, guide: MAPAGuide) -> None:
-        super().__init__()
-        self.elbo = elbo
-        self.guide = guide
-        self.subsample: Tensor | None = None
-        self.values: Tensor | None = None
-        self.correction: Tensor | None = None
-
-    def _pyro_post_sample(self, msg) -> None:
-        if msg["name"] == self.guide.plate and site_is_subsample(msg):
-            # A list or NumPy array of row indices (a user's own model) becomes a long tensor; bad ones are refused.
-            self.subsample = as_index_tensor(msg["value"], self.guide.table.total_rows)
-
-    def _pyro_sample(self, msg) -> None:
-        if msg["name"] != self.guide.site:
-            return
-        frame = plate_frame(msg, self.guide.plate)
-        if frame is None or self.subsample is None:
-            return  # left unforced: _run reports the precise error
-        full = frame.full_size if frame.full_size is not None else frame.size
-        self.guide.check_model_site(msg, int(full))
-        rows = self.subsample.to(self.guide.table.device)
-        values, correction = self.elbo._index_values(self.guide, rows)
-        values = values.to(self.subsample.device)
-        num_particles, batch = values.shape
-        nesting, dim = self.elbo.max_plate_nesting, frame.dim
-        between, after = (1,) * (nesting + dim), (1,) * (-dim - 1)
-        msg["value"] = values.reshape((num_particles,) + between + (batch,) + after)
-        msg["is_observed"] = True
-        self.values, self.correction = values, correction
