@@ -10,6 +10,7 @@ of the 50 kernel-nearest training points, weighted by the model's likelihood at 
 recovered by a flow, d > 1, or a copula, d = 1). IWAE has the same networks.
 
 Run:  python experiments/smoothed_mapa.py [--output docs/results/smoothed_mapa.json]
+      python experiments/smoothed_mapa.py --kinds continuous --benchmarks --output docs/results/smoothed_mapa_continuous.json
       python experiments/smoothed_mapa.py --quick          (a smoke run)
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyro_mapa import BernoulliLikelihood
+from pyro_mapa import BernoulliLikelihood, NormalLikelihood
 from pyro_mapa.diagnostics import importance_diagnostics
 from pyro_mapa.evaluation import CodeMixtureProposal
 from pyro_mapa.experiments.datasets import load_dataset
@@ -63,15 +64,22 @@ def train(method, x, lik, d, args, tau=0.0, seed=0):
 
 def digits_rows(args) -> list[dict]:
     rows = []
-    train_x, valid_x, test_x = load_digits_splits(binarize=True)
+    for kind in args.kinds:
+        rows += _digits_rows(args, kind)
+    return rows
+
+
+def _digits_rows(args, kind: str) -> list[dict]:
+    rows = []
+    train_x, valid_x, test_x = load_digits_splits(binarize=kind == "binarized")
     if args.quick:
         train_x, valid_x, test_x = train_x[:200], valid_x[:40], test_x[:40]
-    lik = BernoulliLikelihood(0.9)
+    lik = BernoulliLikelihood(0.9) if kind == "binarized" else NormalLikelihood(0.1)
     for d in args.digits_dims:
         for method, tau in [("IWAE", 0.0)] + [("MAPA", t) for t in args.taus]:
             setup, secs = train(method, train_x, lik, d, args, tau)
             learned = setup.learned_model(flow_steps=args.flow_steps)
-            row = {"data": "binarized digits", "latent_dim": d, "method": method, "tau": tau,
+            row = {"data": f"{kind} digits", "latent_dim": d, "method": method, "tau": tau,
                    "train_seconds": round(secs, 1)}
             if d <= 2:
                 row["valid_ll"] = float(learned.log_prob(valid_x, num_points=args.grid).mean())
@@ -107,6 +115,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--taus", type=float, nargs="+", default=[0.0, 0.3, 0.5, 1.0])
     p.add_argument("--digits-dims", type=int, nargs="+", default=[8, 2])
+    p.add_argument("--kinds", nargs="+", default=["binarized"], choices=["binarized", "continuous"],
+                   help="digits pixels binarized (Bernoulli, rho 0.9) or scaled to [0, 1] (Gaussian, sigma 0.1)")
     p.add_argument("--benchmarks", nargs="*", default=["figure8", "circle"])
     p.add_argument("--draws", type=int, default=1)
     p.add_argument("--bench-train", type=int, default=1000)
