@@ -10,7 +10,8 @@ checks it)::
 Sources: ``docs/results/ppca.json`` (``python examples/ppca.py --out ...``),
 ``docs/results/pyro_tutorial_vae.json`` (``python examples/pyro_tutorial_vae.py --out ...``),
 ``docs/results/bnn_lv.json`` (``python examples/bnn_lv.py --draws 3 --out ...``) and
-``docs/results/smoothed_mapa.json`` (``python experiments/smoothed_mapa.py --output ...``, if present).
+``docs/results/smoothed_mapa.json`` (``python experiments/smoothed_mapa.py --output ...``) and
+``docs/results/smoothed_mapa_continuous.json`` (the same with ``--kinds continuous --benchmarks``), if present.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def smoothed_table() -> str:
         "| data | d | method | τ | valid LL | test LL (exact) | test LL (IS) ± MC se | share k̂ > 0.7 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in d["digits"]:
+    extra = _load("smoothed_mapa_continuous.json")  # continuous digits, if measured
+    for r in d["digits"] + (extra["digits"] if extra else []):
         t = r["test_importance"]
         exact = f"{r['test_ll_exact']:.2f}" if "test_ll_exact" in r else ""
         lines.append(
