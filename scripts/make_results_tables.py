@@ -511,7 +511,7 @@ def make_tables(results_dir: str | Path = ROOT / "docs" / "results",
         out["mutation"] = mutation_table(mutation, rechecks, equivalents)
         out["mutation_equivalents"] = mutation_equivalents_table(mutation, equivalents)
     if files or bench_files:
-        out["provenance"] = provenance_table({**files, **{f"benchmarks/{k}": v for k, v in bench_files.items()}})
+        out["provenance"] = provenance_table({**files, **{f"benchmarks/results/{k}": v for k, v in bench_files.items()}})
     return out
 
 

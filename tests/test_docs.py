@@ -190,3 +190,13 @@ def test_the_checks_catch_what_they_are_meant_to(tmp_path):
     doc.write_text("[ok](b.md#105-bnnlv-a-model) [ok](b.md) [no](b.md#nothing) [no](c.md) [web](https://x.org/c.md)")
     assert broken_links(doc) == ["b.md#nothing (no heading with that anchor)", "c.md (no such file)"]
     assert slug("Which code made these numbers") == "which-code-made-these-numbers"
+
+
+def test_provenance_table_names_files_that_exist():
+    """The generated provenance table of results.md: each benchmarks/ file it names is in the repository."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    block = re.search(r"<!-- table:provenance -->(.*?)<!-- /table:provenance -->", text, re.S).group(1)
+    names = re.findall(r"^\| (benchmarks/\S+) \|", block, re.M)
+    assert names, "the provenance table lists no benchmark files"
+    missing = [n for n in names if not (ROOT / n).exists()]
+    assert not missing, f"provenance table names files that do not exist: {missing}"
