@@ -131,7 +131,7 @@ def _check(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from .experiments.provenance import check_reproduction
+    from .experiments.check import check_reproduction
 
     try:
         report = check_reproduction(args.check, sample=args.sample, seed=args.seed, tolerance=args.tolerance,

@@ -16,7 +16,7 @@ restart)``. Jobs run in a process pool in any order, so the numbers do not depen
 
 **Provenance.** Both JSON files carry :func:`~pyro_mapa.experiments.provenance.provenance`;
 ``raw_results.json`` also records each job's spec and seeds, so
-:func:`~pyro_mapa.experiments.provenance.check_reproduction` can rerun a sample of them.
+:func:`~pyro_mapa.experiments.check.check_reproduction` can rerun a sample of them.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Hashes of float32-rounded values make float32 and float64 copies of the same dat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,13 +26,12 @@ from torch import Tensor
 from ..errors import as_data_tensor, as_index_tensor
 from .build import data_fingerprint, row_hashes
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .posterior_table import PosteriorTable
+# Tables are typed loosely (Any): this module sits below posterior_table.py, which imports it.
 
 __all__ = ["check_table_data", "mismatched_rows", "raise_if_mismatched"]
 
 
-def mismatched_rows(table: PosteriorTable, rows: Tensor, values: Tensor) -> Tensor | None:
+def mismatched_rows(table: Any, rows: Tensor, values: Tensor) -> Tensor | None:
     """The data rows among ``rows`` whose ``values`` differ from the data the table was built on.
 
     Arguments:
@@ -60,7 +59,7 @@ def raise_if_mismatched(bad: Tensor | None, what: str, hint: str = "") -> None:
         )
 
 
-def check_table_data(table: PosteriorTable, data: Tensor, what: str = "data") -> None:
+def check_table_data(table: Any, data: Tensor, what: str = "data") -> None:
     """Raises ``ValueError`` if ``table`` was built on other data than ``data`` (all rows).
 
     Per-row hashes when the table has them (float32 and float64 copies agree), else the

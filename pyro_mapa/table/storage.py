@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -23,8 +23,7 @@ from .._io import atomic_torch_save
 from .build import data_fingerprint
 from .kernels import ProximityKernel
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .posterior_table import PosteriorTable
+# Tables are typed loosely (Any): this module sits below posterior_table.py, which imports it.
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "cache_path", "cached_table", "load_table", "save_table", "tensor_checksum"]
 
@@ -42,7 +41,7 @@ def tensor_checksum(tensors: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def _payload_tensors(table: PosteriorTable) -> dict[str, Tensor]:
+def _payload_tensors(table: Any) -> dict[str, Tensor]:
     out = {
         "indices": table.indices.detach().cpu().contiguous(),
         "log_probs": table.log_probs.detach().cpu().contiguous(),
@@ -54,7 +53,7 @@ def _payload_tensors(table: PosteriorTable) -> dict[str, Tensor]:
     return out
 
 
-def save_table(table: PosteriorTable, path: str | os.PathLike) -> None:
+def save_table(table: Any, path: str | os.PathLike) -> None:
     """Writes ``table`` atomically in the tensor-only, checksummed format."""
     tensors = _payload_tensors(table)
     meta = {
@@ -71,7 +70,7 @@ def save_table(table: PosteriorTable, path: str | os.PathLike) -> None:
     atomic_torch_save({"meta": json.dumps(meta), **tensors}, path)
 
 
-def load_table(cls: type[PosteriorTable], path: str | os.PathLike) -> PosteriorTable:
+def load_table(cls: type, path: str | os.PathLike) -> Any:
     """Reads a table written by :func:`save_table`; a truncated or altered file raises ``ValueError``."""
     expected = "a file written by PosteriorTable.save (a zip archive holding 'meta' and the table's tensors)"
     try:
@@ -136,7 +135,7 @@ def cached_table(
     build: Callable[[], PosteriorTable],
     load: Callable[[Path], PosteriorTable],
     max_support: int | None,
-) -> PosteriorTable:
+) -> Any:
     """Loads the cached table of ``(data, kernel, max_support)`` or builds and saves it.
 
     Safe for several processes at once: each writes a complete temporary file and renames

@@ -13,9 +13,9 @@ import torch
 
 from pyro_mapa.cli import main
 from pyro_mapa.experiments import provenance as prov_mod
+from pyro_mapa.experiments.check import _job_from_record, check_reproduction
 from pyro_mapa.experiments.provenance import (
     PROVENANCE_SCHEMA,
-    check_reproduction,
     git_state,
     load_raw_results,
     max_abs_differences,
@@ -198,10 +198,10 @@ def _fake_run(tmp_path, commit="a" * 40, changes=None):
 @pytest.fixture
 def replay(monkeypatch):
     """Stands in for the rerun: returns the untampered records, and pins the current commit."""
-    from pyro_mapa.experiments import reproduce
+    from pyro_mapa.experiments import check
 
     state = {"records": None, "commit": "a" * 40}
-    monkeypatch.setattr(reproduce, "_run_all", lambda todo, jobs, progress: [
+    monkeypatch.setattr(check, "_run_all", lambda todo, jobs, progress: [
         next(r for r in state["records"] if r["method"] == job["method"]) for job in todo])
     monkeypatch.setattr(prov_mod, "git_state", lambda *a: {"commit": state["commit"], "dirty": False,
                                                            "changes_sha256": None, "untracked_package_files": 0})
@@ -251,7 +251,7 @@ def test_check_replays_legacy_records(tmp_path):
                                                                                "wall_clock_seconds": 1.0}}))
     prov, settings, records = load_raw_results(tmp_path)
     assert prov is None
-    job = prov_mod._job_from_record(records[0], settings)
+    job = _job_from_record(records[0], settings)
     assert job["seeds"] == [2000] and job["particles"] == 5 and job["settings"]["restarts"] == 1
     with pytest.raises(ValueError, match="raw_results.json does not exist"):
         load_raw_results(tmp_path / "nowhere")

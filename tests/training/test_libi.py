@@ -257,7 +257,8 @@ def test_exact_decoder_gap_is_below_the_vaes_where_the_vae_encoder_is_poor():
     poor there. The committed records call the method "LiBI": they were made by what is now ExactDecoder."""
     from pathlib import Path
 
-    from pyro_mapa.experiments.provenance import _job_from_record, load_raw_results
+    from pyro_mapa.experiments.check import _job_from_record
+    from pyro_mapa.experiments.provenance import load_raw_results
     from pyro_mapa.experiments.reproduce import run_job
 
     _, settings, records = load_raw_results(Path(__file__).resolve().parents[2] / "docs" / "results" / "collapse")
