@@ -77,7 +77,6 @@ class EmpiricalizeMessenger(Messenger):
         super().__init__()
         self.wrapper = wrapper
         self.rows = rows
-        self.plate_rows: Tensor | None = None  # the rows of the current minibatch, once the plate is entered
         self.scale: float | None = None  # N / B for a minibatch-sized plate, else None
         self.positions: Tensor | None = None
         self.seen_site = False
@@ -112,10 +111,8 @@ class EmpiricalizeMessenger(Messenger):
         msg["value"] = rows  # recorded in the trace (read by TraceMAPA_ELBO); the model gets positions back
 
     def _pyro_post_sample(self, msg: dict) -> None:
-        if msg["name"] == self.wrapper.plate and site_is_subsample(msg):
-            self.plate_rows = as_index_tensor(msg["value"], self.wrapper.num_rows, "rows")
-            if self.positions is not None:
-                msg["value"] = self.positions
+        if msg["name"] == self.wrapper.plate and site_is_subsample(msg) and self.positions is not None:
+            msg["value"] = self.positions
 
     def _process_message(self, msg: dict) -> None:
         if self.scale is not None and msg["type"] == "sample" and not site_is_subsample(msg):
