@@ -61,6 +61,9 @@ class CodeMixtureProposal:
                 f"train_x (N, D) and codes (N, d) must have one row per training point, got {tuple(train_x.shape)} "
                 f"and {tuple(codes.shape)}"
             )
+        for value, name in ((train_x, "train_x"), (codes, "codes")):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} contains NaN or inf; pass the finite training points and their codes")
         if not 1 <= int(num_components) <= codes.shape[0]:
             raise ValueError(f"num_components must lie in [1, N={codes.shape[0]}], got {num_components}")
         if not (isinstance(widen, (int, float)) and 0 < widen < float("inf")):

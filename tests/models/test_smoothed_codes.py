@@ -146,3 +146,7 @@ def test_code_proposal_bad_arguments():
         CodeMixtureProposal(x, codes, 0.1, k, num_components=5, widen=0.0)
     with pytest.raises(ValueError, match="one row per training point"):
         CodeMixtureProposal(x, codes[:5], 0.1, k, num_components=5)
+    bad = codes.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="codes contains NaN"):
+        CodeMixtureProposal(x, bad, 0.1, k, num_components=5)
