@@ -30,9 +30,7 @@ import math
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.infer import SVI
-from pyro.infer.autoguide import AutoNormal
 from pyro.optim import Adam
 from torch import nn
 from tqdm.auto import tqdm
@@ -106,14 +104,14 @@ def ppca_marginal(W, mu, sigma, x):
     return dist.MultivariateNormal(mu, cov).log_prob(x)
 
 
-def train_mapa(model, x, latent_dim, epochs, batch_size, num_top, num_samples, bandwidth, seed, globals_guide=False):
+def train_mapa(model, x, latent_dim, epochs, batch_size, num_top, num_samples, bandwidth, seed):
     """MAPA on ``model`` empiricalized with a linear encoder; returns (empiricalized model, guide, history)."""
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
     encoder = nn.Linear(x.shape[-1], latent_dim)
     emp = empiricalize(lambda xb: model(xb, latent_dim), "z", encoder, x)
     table = PosteriorTable.from_data(x, GaussianKernel(bandwidth))
-    guide = MAPAGuide(table, site="z", globals_guide=AutoNormal(poutine.block(emp, hide=["z"])) if globals_guide else None)
+    guide = MAPAGuide(table, site="z")
     svi = SVI(emp, guide, Adam({"lr": 0.01}), TraceMAPA_ELBO(num_top=num_top, num_samples=num_samples))
     g = torch.Generator().manual_seed(seed)
     history = []
