@@ -1,7 +1,8 @@
 """Log-likelihood evaluators (docs/method.md §7).
 
 - Exact (:mod:`.exact`): the empiricalized model by enumeration, 1-D latents by quadrature,
-  1-D and 2-D latents under any prior by grid quadrature. All rest on the one
+  1-D and 2-D latents under any prior by grid quadrature, and by quadrature around each posterior
+  mode (:mod:`.local_quadrature`) when the posterior is too narrow for a fixed grid. All rest on the one
   log-likelihood matrix of :mod:`.index_loglik`.
 - Any latent dimension (:mod:`.importance`, :mod:`.proposal`, :mod:`.fit_proposal`):
   importance sampling with a fitted amortized mixture proposal, reporting a Monte-Carlo
@@ -20,6 +21,7 @@ from .exact import (
     quadrature_log_likelihood,
 )
 from .fit_proposal import fit_proposal
+from .local_quadrature import local_quadrature_log_likelihood
 from .importance import ImportanceEstimate, importance_from_log_joint, importance_log_likelihood, stratified_iwae_bound
 from .index_loglik import index_log_likelihood, log_mixture_likelihood
 from .latent_posterior import (
@@ -70,6 +72,7 @@ __all__ = [
     "grid_log_likelihood",
     "importance_log_likelihood",
     "index_log_likelihood",
+    "local_quadrature_log_likelihood",
     "log_mixture_likelihood",
     "quadrature_log_likelihood",
     "stratified_iwae_bound",

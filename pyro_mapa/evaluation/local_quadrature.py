@@ -41,6 +41,8 @@ from ..models.likelihoods import Likelihood
 
 __all__ = ["local_quadrature_log_likelihood"]
 
+EDGE_DROP = 25.0  # nats the integrand must fall from its peak to the box's edge, or the box is widened
+
 
 def _log_joint(x: Tensor, w: Tensor, decode, log_prior, likelihood) -> Tensor:
     """``log p(w) + log p(x | f(w))`` row by row (``x``, ``w``: ``(P, D)``, ``(P, d)``)."""
@@ -119,7 +121,7 @@ def _fit_scale(x, w, val, root, decode, log_prior, likelihood, halvings: int = 4
 
 
 def _cell_quadrature(x, w, root, inv_root, keep, decode, log_prior, likelihood, nodes, half_width):
-    """Midpoint rule on each kept mode's whitened box, each node counted in its nearest mode's cell only."""
+    """Midpoint rule on each kept mode's whitened box, of that mode's smooth share of the integrand."""
     b, m, d = w.shape
     h = 2 * half_width / nodes
     v1 = -half_width + h * (torch.arange(nodes, dtype=w.dtype, device=w.device) + 0.5)
@@ -130,13 +132,22 @@ def _cell_quadrature(x, w, root, inv_root, keep, decode, log_prior, likelihood, 
                     likelihood).reshape(len(pi), len(v))
     diff = nodes_w.unsqueeze(2) - w[pi].unsqueeze(1)  # (P, Q, M, d): to every mode of the same point
     dist = torch.einsum("pkij,pqkj->pqki", inv_root[pi], diff).norm(dim=-1)
-    dist = dist.masked_fill(~keep[pi].unsqueeze(1), math.inf)
-    own = dist.argmin(-1) == mi.unsqueeze(1)
-    lj = torch.where(own, lj, torch.full_like(lj, -math.inf))
+    # a smooth partition of unity over the kept modes: node weight N_j(w) / Σ_k N_k(w), N_k the Laplace
+    # Gaussian of mode k; each box integrates its share, and a smooth share keeps the midpoint rule's accuracy
+    log_gauss = -0.5 * dist**2 - torch.linalg.slogdet(root[pi]).logabsdet.unsqueeze(1)
+    log_gauss = log_gauss.masked_fill(~keep[pi].unsqueeze(1), -math.inf)
+    share = log_gauss.gather(2, mi[:, None, None].expand(-1, len(v), 1)).squeeze(2) - log_gauss.logsumexp(2)
+    lj = lj + share
+    ring = v.abs().amax(1) >= v1[-1] - 1e-9  # the box's outermost nodes
+    table = torch.full((b, m), -math.inf, dtype=w.dtype, device=w.device)
+    table[pi, mi] = lj[:, ring].amax(1)
+    edge = table.amax(1)
     per_pair = lj.logsumexp(1) + torch.linalg.slogdet(root[pi, mi]).logabsdet + d * math.log(h)
     table = torch.full((b, m), -math.inf, dtype=w.dtype, device=w.device)
     table[pi, mi] = per_pair
-    return table.logsumexp(1)
+    peak = torch.full((b, m), -math.inf, dtype=w.dtype, device=w.device)
+    peak[pi, mi] = lj.amax(1)
+    return table.logsumexp(1), peak.amax(1) - edge
 
 
 def local_quadrature_log_likelihood(
@@ -150,10 +161,11 @@ def local_quadrature_log_likelihood(
     high: float = 6.0,
     coarse_points: int | None = None,
     max_modes: int = 4,
+    starts: Tensor | None = None,
     newton_steps: int = 25,
     nodes: int = 24,
     half_width: float = 8.0,
-    refinements: int = 1,
+    refinements: int = 2,
     tolerance: float = 1e-3,
     chunk_size: int = 128,
 ) -> Tensor:
@@ -168,12 +180,16 @@ def local_quadrature_log_likelihood(
         low, high: The coarse grid's box (each axis); modes are searched from its local maxima,
             and the local grids may extend beyond it.
         coarse_points: Coarse nodes per axis (default 2001 for ``d = 1``, 121 for ``d = 2``).
-        max_modes: Candidate modes per point.
+        max_modes: Candidate modes per point from the coarse grid.
+        starts: Optional ``(n, k, d)`` (or ``(n, d)``) extra starting points per point, e.g. an encoder's
+            means: they find modes far outside the coarse box, where the grid's candidates sit on its edge.
         newton_steps: Levenberg–Marquardt iterations per candidate.
         nodes, half_width: Local midpoint grid: ``nodes`` per axis on ``[-half_width, half_width]`` in
             whitened coordinates (spacing ``2 half_width / nodes``, 2/3 by default).
-        refinements, tolerance: Up to ``refinements`` times, points whose estimate moved by more than
-            ``tolerance`` nats are recomputed on a grid twice as fine per axis and 1.2 times as wide
+        refinements, tolerance: The rule with ``nodes // 2`` nodes on the same box checks each point, and
+            so does the integrand on the box's edge (it must be :data:`EDGE_DROP` nats below its peak); up
+            to ``refinements`` times, points that fail (two estimates more than ``tolerance`` nats apart, or
+            an edge too high) are recomputed on a grid twice as fine per axis and 1.2 times as wide
             (a posterior far from Gaussian, e.g. at a fold of the decoder, needs it).
         chunk_size: Points per block.
 
@@ -212,13 +228,21 @@ def local_quadrature_log_likelihood(
         raise ValueError(f"x has rows of shape {tuple(x.shape[1:])} but the likelihood of decode's output "
                          f"has {event}")
     out = []
-    for xb in x.to(torch.float64).split(chunk_size):
+    if starts is not None:
+        starts = as_data_tensor(starts, "starts").to(torch.float64)
+        starts = starts.unsqueeze(1) if starts.dim() == 2 else starts
+        if starts.dim() != 3 or starts.shape[0] != len(x) or starts.shape[2] != d:
+            raise ValueError(f"starts must have shape ({len(x)}, k, {d}) or ({len(x)}, {d}), got {tuple(starts.shape)}")
+    extra = starts.split(chunk_size) if starts is not None else [None] * math.ceil(len(x) / chunk_size)
+    for xb, sb in zip(x.to(torch.float64).split(chunk_size), extra):
         b = len(xb)
         with torch.no_grad():
-            starts, _ = _coarse_candidates(xb, grid, params, lp_grid, likelihood, n, d, max_modes)
-        m = starts.shape[1]
+            cand, _ = _coarse_candidates(xb, grid, params, lp_grid, likelihood, n, d, max_modes)
+        if sb is not None:
+            cand = torch.cat([cand, sb.to(cand)], 1)
+        m = cand.shape[1]
         xr = xb.repeat_interleave(m, 0)
-        w, val, prec = _newton(xr, starts.reshape(-1, d), decode, log_prior, likelihood, newton_steps)
+        w, val, prec = _newton(xr, cand.reshape(-1, d), decode, log_prior, likelihood, newton_steps)
         w, val, prec = w.reshape(b, m, d), val.reshape(b, m), prec.reshape(b, m, d, d)
         order = val.argsort(1, descending=True)  # best mode first
         w = w.gather(1, order[..., None].expand(-1, -1, d))
@@ -232,16 +256,21 @@ def local_quadrature_log_likelihood(
             gap = torch.einsum("bkij,bkj->bki", inv_root[:, :j], w[:, j : j + 1] - w[:, :j]).norm(dim=-1)
             keep[:, j] &= ~((gap < half_width) & keep[:, :j]).any(1)
         with torch.no_grad():
-            est = _cell_quadrature(xb, w, root, inv_root, keep, decode, log_prior, likelihood, nodes, half_width)
+            est, drop = _cell_quadrature(xb, w, root, inv_root, keep, decode, log_prior, likelihood, nodes,
+                                         half_width)
             todo = torch.ones(b, dtype=torch.bool, device=x.device)
-            for r in range(1, refinements + 1):  # finer and wider until two rules agree
+            if refinements and nodes >= 4:  # cheap checks: half the nodes on the same box; the box's edge
+                coarse, _ = _cell_quadrature(xb, w, root, inv_root, keep, decode, log_prior, likelihood, nodes // 2,
+                                             half_width)
+                todo = ~((coarse - est).abs() <= tolerance) | ~(drop >= EDGE_DROP)
+            for r in range(1, refinements + 1):
+                if not todo.any():
+                    break  # finer and wider until two rules agree
                 sub = todo.nonzero().squeeze(1)
-                finer = _cell_quadrature(xb[sub], w[sub], root[sub], inv_root[sub], keep[sub], decode, log_prior,
+                finer, _ = _cell_quadrature(xb[sub], w[sub], root[sub], inv_root[sub], keep[sub], decode, log_prior,
                                          likelihood, nodes * 2**r, half_width * 1.2**r)
                 todo = torch.zeros_like(todo)
                 todo[sub] = ~((finer - est[sub]).abs() <= tolerance)
                 est[sub] = finer
-                if not todo.any():
-                    break
             out.append(est)
     return torch.cat(out)

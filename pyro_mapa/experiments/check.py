@@ -19,6 +19,7 @@ from .provenance import (
     provenance,
     same_code,
 )
+from . import libi_benchmarks
 from .reproduce import ReproductionSettings, _run_all
 
 __all__ = ["check_reproduction"]
@@ -69,20 +70,27 @@ def check_reproduction(
         raise ValueError(f"sample must be >= 1, got {sample}")
     recorded, settings, records = load_raw_results(directory)
     picked = sorted(random.Random(seed).sample(range(len(records)), min(sample, len(records))))
-    todo = [_job_from_record(records[i], settings) for i in picked]
-    rerun = _run_all(todo, jobs, progress)
+    libi = settings.get("experiment") == "libi_benchmarks"
+    if libi:  # LiBI's benchmarks: each record holds its full job spec and seed
+        todo = [dict(records[i]["job"]) for i in picked]
+        rerun = libi_benchmarks._run_all(todo, jobs, progress)
+    else:
+        todo = [_job_from_record(records[i], settings) for i in picked]
+        rerun = _run_all(todo, jobs, progress)
     metrics: dict[str, dict[str, Any]] = {}
     per_job = []
     for i, job, new in zip(picked, todo, rerun, strict=True):
         diffs = max_abs_differences(records[i], new)
-        name = f"{job['dataset']} draw {job['draw']} {job['label']} ({job['kind']})"
+        name = (f"{job['dataset']} {job['setting']} {job['method']} {job['options']} restart {job['restart']}" if libi
+                else f"{job['dataset']} draw {job['draw']} {job['label']} ({job['kind']})")
         per_job.append({"index": i, "job": name, "max_abs_difference": max(diffs.values(), default=0.0)})
         for metric, d in diffs.items():
             if d == 0 and (metric in _IDENTITY or metric.startswith("job.")):
                 continue  # the job's identity, equal by construction: not a result
             if metric not in metrics or d > metrics[metric]["max_abs_difference"]:
                 metrics[metric] = {"max_abs_difference": d, "job": name}
-    current = provenance(jobs=jobs, threads_per_job=ReproductionSettings.from_json(settings).threads_per_job)
+    threads = 1 if libi else ReproductionSettings.from_json(settings).threads_per_job
+    current = provenance(jobs=jobs, threads_per_job=threads)
     code_same, env = same_code(recorded, current), environment_differences(recorded, current)
     worst_metric = max(metrics, key=lambda k: metrics[k]["max_abs_difference"], default="")
     worst = metrics[worst_metric]["max_abs_difference"] if worst_metric else 0.0

@@ -51,8 +51,8 @@ from torch import Tensor, nn
 from ..evaluation.index_loglik import index_log_likelihood
 from ..errors import check_positive_int
 from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from ..infer.beta_elbo import TraceBetaELBO
 from ..infer import hamiltonian_guide as hvae_defaults
-from ..infer._pyro_compat import Messenger
 from ..infer import infovae_elbo as infovae_defaults
 from ..models import (
     AmortizedCodebook,
@@ -68,7 +68,7 @@ from ..priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
 from ..table.posterior_table import PosteriorTable
 from ..training.fit import FitResult, fit
 from ..training.exact_decoder import fit_exact_decoder
-from ..training.libi import fit_libi
+from ..training.libi import fit_libi, load_mean_head
 from ..priors.learned_model import LearnedModel
 
 __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "TraceBetaELBO", "annealed_beta", "build_method",
@@ -103,43 +103,6 @@ DEFAULT_OPTIONS: dict[str, dict] = {
 }
 
 
-class _ScaleSite(Messenger):
-    """Multiplies one sample site's log-density by ``scale`` (``poutine.scale`` restricted to that site)."""
-
-    def __init__(self, site: str, scale: float) -> None:
-        super().__init__()
-        self.site, self.scale = site, scale
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and msg["name"] == self.site:
-            msg["scale"] = msg["scale"] * self.scale
-
-
-class TraceBetaELBO(Trace_ELBO):
-    """β-VAE's loss: ``Trace_ELBO`` with the latent site ``z`` scaled by ``beta`` in model and guide.
-
-    Per point, :math:`-\\mathbb E_q[\\log p(x \\mid z)] + \\beta\\, \\mathbb E_q[\\log q(z \\mid x) - \\log p(z)]`
-    (the single-sample KL estimate scaled by β); ``beta = 1`` is ``Trace_ELBO`` exactly. ``beta`` may be
-    changed between steps (the annealed β-VAE does).
-    """
-
-    def __init__(self, beta: float = 1.0, site: str = "z", **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.beta, self.site = beta, site
-
-    def _scaled(self, fn):
-        return _ScaleSite(self.site, self.beta)(fn)
-
-    def loss(self, model, guide, *args, **kwargs):
-        return super().loss(self._scaled(model), self._scaled(guide), *args, **kwargs)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        return super().loss_and_grads(self._scaled(model), self._scaled(guide), *args, **kwargs)
-
-    def differentiable_loss(self, model, guide, *args, **kwargs):
-        return super().differentiable_loss(self._scaled(model), self._scaled(guide), *args, **kwargs)
-
-
 def annealed_beta(epoch: int, epochs: int, beta: float = 1.0, warmup_fraction: float = 0.5) -> float:
     """The annealed β-VAE's β in ``epoch`` (from 0): ``beta · min(1, epoch / W)``, ``W = max(1, round(fraction · epochs))``.
 
@@ -172,6 +135,7 @@ class MethodSetup:
     latent_dim: int = 1
     trainer: Callable[..., FitResult] | None = None
     options: dict | None = None
+    valid_data: Tensor | None = None  # LiBI chooses its best round on it (set it before train())
 
     def train(self, num_points: int | None = None, *, epochs: int = 200, batch_size: int = 100, lr: float = 1e-3,
               seed: int | None = 0, progress: bool = True, num_threads: int | None = None) -> FitResult:
@@ -241,10 +205,10 @@ def _exact_decoder_trainer(setup_box: list, decoder, encoder, data, likelihood, 
     return train
 
 
-def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, opts):
+def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, opts, code_network=None):
     """LiBI's trainer: ``epochs`` split into ``rounds`` rounds of ``max(2, epochs // rounds)`` epochs, each
     ``round(stage1_fraction · that)`` epochs of stage 1 (at least 1, at most all but 1), the rest stage 2.
-    No validation data reaches it: with several rounds the round is chosen on the training data."""
+    With several rounds the round is chosen on ``MethodSetup.valid_data`` when set, else on the training data."""
 
     def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
               num_threads: int | None) -> FitResult:
@@ -252,7 +216,10 @@ def _libi_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_di
         rounds = check_positive_int(opts["rounds"], "options rounds")
         per_round = max(2, epochs // rounds)
         stage1 = min(per_round - 1, max(1, round(opts["stage1_fraction"] * per_round)))
-        res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, rounds=rounds,
+        if code_network is not None:
+            load_mean_head(code_network, encoder, latent_dim)
+        res = fit_libi(decoder, data, likelihood, latent_dim, encoder=encoder, code_network=code_network,
+                       rounds=rounds, valid_data=setup_box[0].valid_data,
                        hz_weight=opts["hz_weight"], cov_scale=opts["cov_scale"], mean_scale=opts["mean_scale"],
                        stage1_epochs=stage1, stage2_epochs=per_round - stage1, batch_size=batch_size, lr=lr,
                        hidden=tuple(hidden), seed=0 if seed is None else seed, progress=progress,
@@ -349,6 +316,7 @@ def build_method(
     table: PosteriorTable | None = None,
     seed: int = 0,
     options: dict | None = None,
+    networks: Callable[[str, int, int], nn.Module] | None = None,
 ) -> MethodSetup:
     """Builds one method's model, guide and loss on ``data``.
 
@@ -370,6 +338,10 @@ def build_method(
             LIDVAE: ``hidden``, ``strength``; LiBI: ``rounds``, ``hz_weight``, ``cov_scale``, ``mean_scale``,
             ``stage1_fraction``; ExactDecoder: ``stage1_fraction``; beta-VAE: ``beta``; annealed-beta-VAE:
             ``beta``, ``warmup_fraction``; Lagging: ``segments``, ``encoder_fraction``).
+        networks: ``networks(role, in_features, out_features)`` builds the ``"decoder"`` (``d -> D``) and
+            the ``"encoder"`` (``D -> 2d`` for a Gaussian guide, ``D -> d`` for a codebook or LiBI's code
+            network) instead of ``mlp(in, out, hidden)``: e.g. a decoder of the true process's form. Not
+            used by the LIDVAE variants (their decoder is the injective one) or by ``MAPA-free``'s codes.
     """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
@@ -381,15 +353,24 @@ def build_method(
                else "no empiricalized codes")
         )
     latent_dim = check_positive_int(latent_dim, "latent_dim")  # MAPA's codebook would train d = 0 codes
+    if networks is not None and not callable(networks):
+        raise TypeError(f"networks must be a callable (role, in_features, out_features) -> nn.Module, got {networks!r}")
+
+    def make(role: str, n_in: int, n_out: int) -> nn.Module:
+        net = mlp(n_in, n_out, hidden) if networks is None else networks(role, n_in, n_out)
+        if not isinstance(net, nn.Module):
+            raise TypeError(f"networks({role!r}, {n_in}, {n_out}) must return an nn.Module, got {type(net).__name__}")
+        return net
+
     torch.manual_seed(seed)
     n, d_obs = data.shape
     if name in ("LIDVAE", "MAPA-LIDVAE"):
         decoder: nn.Module = LIDVAEDecoder(latent_dim, d_obs, hidden=tuple(opts.get("hidden", (32, 32))),
                                            strength=opts.get("strength", 0.1))
     else:
-        decoder = mlp(latent_dim, d_obs, hidden)
+        decoder = make("decoder", latent_dim, d_obs)
     if name not in MAPA_METHODS:
-        encoder = mlp(d_obs, 2 * latent_dim, hidden)
+        encoder = make("encoder", d_obs, 2 * latent_dim)
         model = VAEModel(decoder, data, latent_dim, likelihood)
         guide: Callable = MeanFieldGuide(encoder, data, latent_dim)
         loss: ELBO = Trace_ELBO(max_plate_nesting=1)
@@ -409,7 +390,9 @@ def build_method(
                                      beta0=beta0, tempering=opts["tempering"])
         setup = MethodSetup(name, model, guide, loss, decoder, encoder, likelihood, latent_dim, options=opts)
         if name == "LiBI":
-            setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden, opts)
+            code_network = None if networks is None else make("encoder", d_obs, latent_dim)
+            setup.trainer = _libi_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden, opts,
+                                          code_network)
         elif name == "annealed-beta-VAE":
             setup.trainer = _annealed_trainer(setup, opts)
         elif name == "Lagging":
@@ -428,7 +411,7 @@ def build_method(
         codebook: nn.Module = FreeCodebook(n, latent_dim, decoder, data, init="pca")
         encoder = codebook  # the codes are its only parameters
     else:
-        encoder = mlp(d_obs, latent_dim, hidden)
+        encoder = make("encoder", d_obs, latent_dim)
         codebook = AmortizedCodebook(encoder, decoder, data, tau=opts.get("tau", 0.0))
     model = EmpiricalizedModel(codebook, likelihood)
     guide = MAPAGuide(table, site="c", plate="data", data=data)  # catches a table of other data

@@ -5,6 +5,7 @@ It lives beside the priors it carries, below ``diagnostics`` (which compares suc
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from ..evaluation import (
     importance_log_likelihood,
     quadrature_log_likelihood,
 )
+from ..evaluation.local_quadrature import local_quadrature_log_likelihood
 from ..models import Likelihood
 from ..models.vae import check_decoder_input
 from .copula import GaussianCopulaPrior
@@ -101,6 +103,28 @@ class LearnedModel:
         n = num_points or (4001 if self.latent_dim == 1 else 301)
         return grid_log_likelihood(x64, dec64, lambda z: self.log_prior(z).double(), self.likelihood,
                                    low, high, num_points=n)
+
+    def local_log_prob(self, x: Tensor, **kwargs) -> Tensor:
+        """Exact per-point ``log p(x)`` for ``d <= 2`` however narrow the posterior (float64).
+
+        :func:`~pyro_mapa.evaluation.local_quadrature_log_likelihood` (modes found by Newton's method,
+        a whitened grid around each): use it when the observation noise is small against the
+        decoder's scale, where :meth:`log_prob`'s fixed grid cannot resolve ``p(z | x)``. The
+        decoder and prior are run on float64 copies; ``kwargs`` go to the evaluator.
+        """
+        if self.latent_dim > 2:
+            raise ValueError("local quadrature is for latent dimension 1 or 2; use importance_log_prob for d > 2")
+        x64 = self.check_points(x).to(torch.float64)
+        decoder = copy.deepcopy(self.decoder).double() if isinstance(self.decoder, nn.Module) else self.decoder
+        prior = self.prior
+        if isinstance(prior, nn.Module):
+            prior = copy.deepcopy(prior).double()
+        if prior is None or isinstance(prior, GaussianCopulaPrior):
+            decode = decoder if prior is None else (lambda u: decoder(prior.transform(u)))
+            log_prior = LearnedModel(decoder, self.likelihood, None, self.latent_dim).log_prior
+        else:
+            decode, log_prior = decoder, prior.log_prob
+        return local_quadrature_log_likelihood(x64, decode, log_prior, self.likelihood, self.latent_dim, **kwargs)
 
     def importance_log_prob(
         self, x: Tensor, num_samples: int = 1000, fit_steps: int = 2000, seed: int = 0, proposal=None
