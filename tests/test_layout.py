@@ -105,7 +105,7 @@ def test_the_checker_catches_an_internal_import():
     assert _public_pyro_name("pyro.infer", "ELBO")
 
 
-@pytest.mark.parametrize("heavy", ["arviz", "zuko", "matplotlib"])
+@pytest.mark.parametrize("heavy", ["arviz", "zuko", "matplotlib", "pandas"])
 def test_import_is_cheap(heavy):
     code = f"import sys, pyro_mapa; assert {heavy!r} not in sys.modules, sorted(m for m in sys.modules if {heavy!r} in m)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
+
+if TYPE_CHECKING:  # pandas is loaded by to_dataframe only: `import pyro_mapa` stays light
+    import pandas as pd
 
 from ..errors import check_positive_int
 from ..evaluation.importance import check_data
@@ -308,6 +310,8 @@ class CollapseReport:
 
     def to_dataframe(self) -> pd.DataFrame:
         """One row per number: ``metric``, ``value``, ``stderr``, ``method`` (nats for divergences)."""
+        import pandas as pd
+
         rows = []
         if self.active_units is not None:
             rows.append(("active_units", float(self.active_units.count), 0.0, "exact"))
