@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyro.infer import is_validation_enabled
 from torch import Tensor, nn
 
 __all__ = [
@@ -170,6 +171,7 @@ def as_index_tensor(
     device: torch.device | str | None = None,
     low: int = 0,
     one_dim: bool = True,
+    per_step: bool = False,
 ) -> Tensor:
     """Row indices in ``[low, low + num_rows)`` as a ``long`` tensor.
 
@@ -184,6 +186,10 @@ def as_index_tensor(
         device: Where the result should live (default: where ``index`` is; CPU for lists).
         low: The first valid row (a shard's offset); the valid range is ``[low, low + num_rows)``.
         one_dim: Require a 1-D index (a minibatch); ``False`` accepts any shape.
+        per_step: The call sits on a training step's path (a model, guide or ELBO): the range check,
+            the only host sync here, then runs only while Pyro's validation is on
+            (``pyro.enable_validation()``, Pyro's default), as Pyro's distributions check their
+            arguments. Type and shape checks always run.
 
     Raises:
         TypeError: floating, complex or ``bool`` indices, or not index-like.
@@ -220,6 +226,8 @@ def as_index_tensor(
     if one_dim and index.numel() == 0:
         raise ValueError(f"{name} is empty; a minibatch needs at least one row index")
     index = index.to(device=device, dtype=torch.long)
+    if per_step and not is_validation_enabled():
+        return index
     if index.numel() and bool(((index < low) | (index >= low + num_rows)).any()):
         lo, hi = int(index.min()), int(index.max())
         hint = " (negative indices are refused: they would silently pick rows from the end)" if lo < 0 else ""

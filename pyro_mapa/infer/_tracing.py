@@ -72,7 +72,7 @@ def peek_index_site(model: Callable, site: str, plate: str, args: tuple, kwargs:
         raise ValueError(f"plate {plate!r} must be vectorized (use `with pyro.plate(...)`, not a loop)")
     full = frame.full_size if frame.full_size is not None else frame.size
     if plate in trace and site_is_subsample(trace.nodes[plate]):
-        subsample = as_index_tensor(trace.nodes[plate]["value"], int(full))
+        subsample = as_index_tensor(trace.nodes[plate]["value"], int(full), per_step=True)
     else:
         subsample = torch.arange(frame.size)
     return IndexSiteInfo(msg, frame.dim, int(full), subsample)

@@ -225,7 +225,9 @@ class EmpiricalizedPyroModel(nn.Module):
 
     def codes(self, index: Tensor | None = None) -> Tensor:
         """The codes :math:`g_\\phi(x_i)` of rows ``index`` (default: all ``N``), not counted."""
-        x = self.data if index is None else self.data[as_index_tensor(index, self.num_rows, "index", one_dim=False)]
+        if index is not None:
+            index = as_index_tensor(index, self.num_rows, "index", one_dim=False, per_step=True)
+        x = self.data if index is None else self.data[index]
         return self.encoder(x)
 
     def encode(self, index: Tensor, event_shape: torch.Size) -> Tensor:
@@ -243,7 +245,7 @@ class EmpiricalizedPyroModel(nn.Module):
     def forward(self, *args: Any, rows: Any = None, **kwargs: Any) -> Any:
         """Runs the model empiricalized; ``rows`` are the minibatch's row indices into ``data``."""
         if rows is not None:
-            rows = as_index_tensor(rows, self.num_rows, "rows", device=self.data.device)
+            rows = as_index_tensor(rows, self.num_rows, "rows", device=self.data.device, per_step=True)
         pyro.module(f"{self.site}_encoder", self.encoder)
         handler = EmpiricalizeMessenger(self, rows)
         with handler:

@@ -126,7 +126,8 @@ class ForceIndexMessenger(Messenger):
     def _pyro_post_sample(self, msg: dict) -> None:
         if msg["name"] == self.plate and site_is_subsample(msg):
             # A list or NumPy array of row indices (a user's own model) becomes a long tensor; bad ones are refused.
-            self.rows = as_index_tensor(msg["value"], self.num_rows if self.num_rows is not None else 2**62)
+            self.rows = as_index_tensor(msg["value"], self.num_rows if self.num_rows is not None else 2**62,
+                                        per_step=True)
 
     def _pyro_sample(self, msg: dict) -> None:
         if msg["name"] != self.site:

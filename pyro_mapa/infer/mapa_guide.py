@@ -108,7 +108,7 @@ class MAPAGuide:
         n = self.table.total_rows
         rows = kwargs.get("rows")
         if rows is not None:
-            rows = as_index_tensor(rows, n, "rows")
+            rows = as_index_tensor(rows, n, "rows", per_step=True)
             dim = None
             if self.model is not None:
                 dim = peek_index_site(self.model, self.site, self.plate, args, kwargs).plate_dim

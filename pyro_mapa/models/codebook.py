@@ -84,7 +84,8 @@ class AmortizedCodebook(nn.Module):
     def codes(self, index: Tensor | None = None) -> Tensor:
         """The codes :math:`z_i = g_\\phi(x_i)` for ``index`` (default: all ``N``), not counted."""
         if index is not None:
-            index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False)
+            index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False,
+                                   per_step=True)
         x = self.data if index is None else self.data[index]
         return self.encoder(x)
 
@@ -94,7 +95,8 @@ class AmortizedCodebook(nn.Module):
         ``index`` holds code indices in ``[0, N)`` (integer tensor, or a list or NumPy
         array of integers, converted); negative or too large indices raise ``ValueError``.
         """
-        index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False)
+        index = as_index_tensor(index, self.num_codes, "index", device=self.data.device, one_dim=False,
+                                   per_step=True)
         check_matches_networks(self.data, {"encoder": self.encoder, "decoder": self.decoder}, "codebook.data")
         flat = index.reshape(-1)
         # torch.unique syncs with the host on CUDA (its output size depends on data);

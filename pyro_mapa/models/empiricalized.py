@@ -48,7 +48,8 @@ class EmpiricalizedModel(nn.Module):
     def forward(self, batch_idx: Tensor | Any | None = None) -> Tensor:
         """Runs the model on rows ``batch_idx`` (a list or NumPy array of integers is converted)."""
         if batch_idx is not None:
-            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device)
+            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device,
+                                        per_step=True)
         pyro.module("codebook", self.codebook)
         with pyro.plate("data", len(self.data), subsample=batch_idx) as idx:
             c = pyro.sample("c", UniformIndex(len(self.data)))  # = Categorical(logits=zeros(N)), O(1) log_prob

@@ -69,7 +69,8 @@ class VAEModel(nn.Module):
 
     def forward(self, batch_idx: Tensor | Any | None = None) -> Tensor:
         if batch_idx is not None:
-            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device)
+            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device,
+                                        per_step=True)
         check_matches_networks(self.data, {"decoder": self.decoder}, "VAEModel.data")
         pyro.module("decoder", self.decoder)
         zeros = self.data.new_zeros(self.latent_dim)
@@ -120,7 +121,8 @@ class MeanFieldGuide(nn.Module):
 
     def forward(self, batch_idx: Tensor | Any | None = None) -> Tensor:
         if batch_idx is not None:
-            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device)
+            batch_idx = as_index_tensor(batch_idx, len(self.data), "batch_idx", device=self.data.device,
+                                        per_step=True)
         check_matches_networks(self.data, {"encoder": self.encoder}, "MeanFieldGuide.data")
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", len(self.data), subsample=batch_idx) as idx:
