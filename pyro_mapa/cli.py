@@ -247,7 +247,12 @@ def _add_reproduce(sub) -> None:
 
 
 def _libi(args: argparse.Namespace) -> int:
-    from .experiments.libi_benchmarks import LiBIBenchmarkSettings, run_libi_benchmarks
+    from .experiments.libi_benchmarks import LiBIBenchmarkSettings, run_libi_benchmarks, write_summary
+
+    if args.summarize:
+        summary = write_summary(args.output)
+        print(f"wrote {args.output}/libi_benchmarks.json from raw_results.json ({len(summary['rows'])} rows)")
+        return 0
 
     overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in
                  (("datasets", args.datasets), ("methods", args.methods), ("settings", args.settings),
@@ -264,7 +269,7 @@ def _libi(args: argparse.Namespace) -> int:
         print(f"{r['dataset']:<12}{r['setting']:<9}{r['method']:<18}{r['test_ll']:>9.3f}{r['test_kl']:>9.3f}{paper}"
               f"{r['mmd2']:>8.4f}{r['passes_per_point']:>8.2f}")
     print(f"wrote {args.output}/libi_benchmarks.json and raw_results.json "
-          f"({summary['wall_clock_seconds'] / 60:.1f} min)")
+          f"({(summary['wall_clock_seconds'] or 0) / 60:.1f} min)")
     return 0
 
 
@@ -286,6 +291,8 @@ def _add_libi(sub) -> None:
     add("--epochs", type=int, default=None, help="epochs per job (default 300)")
     add("--jobs", type=int, default=None, help="worker processes, one torch thread each (default 1)")
     add("--output", default="results/libi_benchmarks", help="output directory")
+    add("--summarize", action="store_true",
+        help="train nothing: rewrite OUTPUT/libi_benchmarks.json (selection on validation) from OUTPUT/raw_results.json")
     add("--no-progress", action="store_true")
     lib.set_defaults(func=_libi)
 

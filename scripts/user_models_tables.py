@@ -1,4 +1,4 @@
-"""The tables of docs/results.md's section on users' own Pyro models, from the committed JSON.
+"""The tables of docs/results.md's sections on users' own Pyro models and on LiBI's benchmarks, from the committed JSON.
 
 Each table sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->`` in
 docs/results.md and is exactly what this script prints for it (``tests/test_user_models_tables.py``
@@ -11,7 +11,8 @@ Sources: ``docs/results/ppca.json`` (``python examples/ppca.py --out ...``),
 ``docs/results/pyro_tutorial_vae.json`` (``python examples/pyro_tutorial_vae.py --out ...``),
 ``docs/results/bnn_lv.json`` (``python examples/bnn_lv.py --draws 3 --out ...``) and
 ``docs/results/smoothed_mapa.json`` (``python experiments/smoothed_mapa.py --output ...``) and
-``docs/results/smoothed_mapa_continuous.json`` (the same with ``--kinds continuous --benchmarks``), if present.
+``docs/results/smoothed_mapa_continuous.json`` (the same with ``--kinds continuous --benchmarks``), if present,
+and ``docs/results/libi_benchmarks/libi_benchmarks.json`` (``pyro-mapa libi-benchmarks --output docs/results/libi_benchmarks``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,61 @@ def smoothed_table() -> str:
     return "\n".join(lines + (bench if d["benchmarks"] else []))
 
 
-TABLES = {"ppca": ppca_table, "tutorial_vae": vae_table, "bnn_lv": bnn_table, "smoothed_mapa": smoothed_table}
+LIBI_SETS = ("linear_jtex", "cubic_jtex", "gaussian_4d", "mobius")
+
+
+def _libi_rows() -> list[dict] | None:
+    d = _load("libi_benchmarks/libi_benchmarks.json")
+    return None if d is None else d["rows"]
+
+
+def libi_kl_table() -> str:
+    """Test KL(truth ‖ model) per method (rows) and data set × network setting (columns)."""
+    rows = _libi_rows()
+    if rows is None:
+        return "(not yet measured: run pyro-mapa libi-benchmarks --output docs/results/libi_benchmarks)"
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    cols = [(ds, st) for st in ("paper", "mlp") for ds in LIBI_SETS
+            if any(r["dataset"] == ds and r["setting"] == st for r in rows)]
+    cell = {(r["dataset"], r["setting"], r["method"]): r for r in rows}
+    lines = ["| method | " + " | ".join(f"{ds} ({st})" for ds, st in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in methods:
+        vals = []
+        for ds, st in cols:
+            r = cell.get((ds, st, m))
+            vals.append("" if r is None else ("failed" if "failed" in r else f"{r['test_kl']:.3f}"))
+        lines.append(f"| {m} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
+def libi_detail_table() -> str:
+    """Every metric of the selected run, the paper's networks."""
+    rows = _libi_rows()
+    if rows is None:
+        return "(not yet measured)"
+    lines = ["| data set | method | chosen | test LL (exact) | paper's IS | MMD² | KL(q_agg ‖ p) | "
+             "E KL(q ‖ p(z|x)) | passes/pt | s/epoch |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["setting"] != "paper" or "failed" in r:
+            continue
+        opts = ", ".join(f"{k}={v:g}" for k, v in r["options"].items() if k not in ("cov_scale", "mean_scale"))
+        paper = f"{r['paper_is_ll']:.3f}" if "paper_is_ll" in r else "–"
+        agg = f"{r['aggregate_kl']:.3f}" if "aggregate_kl" in r else "–"
+        post = f"{r['posterior_kl']:.3f}" if "posterior_kl" in r else "–"
+        lines.append(f"| {r['dataset']} | {r['method']} | {opts or '–'} | {r['test_ll']:.3f} | {paper} | "
+                     f"{r['mmd2']:.4f} | {agg} | {post} | {r['passes_per_point']:.2f} | {r['seconds_per_epoch']:.3f} |")
+    truth = {r["dataset"]: r["true_test_ll"] for r in rows if "true_test_ll" in r}
+    lines.append("")
+    lines.append("True test log-likelihood per point: " + ", ".join(f"{k} {v:.3f}" for k, v in truth.items()) + ".")
+    floor = _load("libi_benchmarks/libi_benchmarks.json").get("reference_mmd2", {})
+    if floor:
+        lines.append("MMD² of a fresh sample of the true process against the test set (the statistic's floor): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in floor.items()) + ".")
+    return "\n".join(lines)
+
+
+TABLES = {"ppca": ppca_table, "tutorial_vae": vae_table, "bnn_lv": bnn_table, "smoothed_mapa": smoothed_table,
+          "libi_kl": libi_kl_table, "libi_detail": libi_detail_table}
 
 
 def splice(text: str) -> str:

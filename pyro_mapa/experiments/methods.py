@@ -96,7 +96,7 @@ DEFAULT_OPTIONS: dict[str, dict] = {
              "beta0": hvae_defaults.DEFAULT_BETA0, "step_size": hvae_defaults.DEFAULT_STEP_SIZE},
     "LIDVAE": {"hidden": (32, 32), "strength": 0.1},
     "LiBI": {"rounds": 1, "hz_weight": 1.0, "cov_scale": 0.5, "mean_scale": 0.5, "stage1_fraction": 0.75},
-    "ExactDecoder": {"stage1_fraction": 0.75},
+    "ExactDecoder": {"stage1_fraction": 0.75, "num_points": None},
     "beta-VAE": {"beta": 2.0},
     "annealed-beta-VAE": {"beta": 1.0, "warmup_fraction": 0.5},
     "Lagging": {"segments": 5, "encoder_fraction": 0.5},
@@ -179,13 +179,15 @@ class MethodSetup:
         return LearnedModel(self.decoder, self.likelihood, prior, latent_dim=self.latent_dim)
 
 
-def _exact_decoder_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction):
+def _exact_decoder_trainer(setup_box: list, decoder, encoder, data, likelihood, latent_dim, hidden, fraction,
+                           num_points=None):
     def train(*, epochs: int, batch_size: int, lr: float, seed: int | None, progress: bool,
               num_threads: int | None) -> FitResult:
         check_positive_int(epochs, "epochs")
         stage1 = max(1, round(fraction * epochs))
         res = fit_exact_decoder(decoder, data, likelihood, latent_dim, encoder=encoder, stage1_epochs=stage1,
                        stage2_epochs=max(1, epochs - stage1), batch_size=batch_size, lr=lr, hidden=tuple(hidden),
+                       num_points=num_points,
                        seed=seed, progress=progress, num_threads=num_threads)
         setup = setup_box[0]
         setup.model, setup.guide, setup.loss = res.model, res.guide, res.stage2_loss
@@ -336,7 +338,7 @@ def build_method(
             InfoVAE: ``alpha``, ``lambda_``,
             ``kernel``, ``bandwidth``; HVAE: ``num_leapfrog``, ``tempering``, ``beta0``, ``step_size``;
             LIDVAE: ``hidden``, ``strength``; LiBI: ``rounds``, ``hz_weight``, ``cov_scale``, ``mean_scale``,
-            ``stage1_fraction``; ExactDecoder: ``stage1_fraction``; beta-VAE: ``beta``; annealed-beta-VAE:
+            ``stage1_fraction``; ExactDecoder: ``stage1_fraction``, ``num_points`` (grid nodes per axis); beta-VAE: ``beta``; annealed-beta-VAE:
             ``beta``, ``warmup_fraction``; Lagging: ``segments``, ``encoder_fraction``).
         networks: ``networks(role, in_features, out_features)`` builds the ``"decoder"`` (``d -> D``) and
             the ``"encoder"`` (``D -> 2d`` for a Gaussian guide, ``D -> d`` for a codebook or LiBI's code
@@ -399,7 +401,7 @@ def build_method(
             setup.trainer = _lagging_trainer(setup, opts)
         elif name == "ExactDecoder":
             setup.trainer = _exact_decoder_trainer([setup], decoder, encoder, data, likelihood, latent_dim, hidden,
-                                          opts["stage1_fraction"])
+                                          opts["stage1_fraction"], opts["num_points"])
         return setup
     if table is None:
         if name == "MAPA-GT":
