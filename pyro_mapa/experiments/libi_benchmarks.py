@@ -243,12 +243,13 @@ def _run_all(jobs: list[dict[str, Any]], workers: int, progress: bool) -> list[d
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (data set, setting, method): the job with the best validation log-likelihood."""
     best: dict[tuple, dict[str, Any]] = {}
+    scores: dict[tuple, float] = {}  # NaN and +inf score -inf: a NaN kept first would beat nothing and stay
     for rec in records:
         j = rec["job"]
         key = (j["dataset"], j["setting"], j["method"])
         score = rec["valid_ll"] if math.isfinite(rec["valid_ll"]) else -math.inf
-        if key not in best or score > best[key]["valid_ll"]:
-            best[key] = rec
+        if key not in best or score > scores[key]:
+            best[key], scores[key] = rec, score
     rows = []
     for key, rec in best.items():
         dataset, setting, method = key
