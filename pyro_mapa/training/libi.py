@@ -25,12 +25,13 @@ for the frozen generative model, in ``R`` rounds (docs/method.md §10.4):
    the round with the best validation log-likelihood is returned.
 
 Our choices where the paper is silent (also in :func:`fit_libi`): Adam for both stages, one fresh
-optimizer per stage per round; penalties on each minibatch's codes (a last minibatch of fewer than
-``d + 2`` rows is merged into the one before, so that ``HZ`` is defined); :math:`\\hat\\Sigma` normalized
-by ``|B|`` (as ``HZ`` is); the encoder carried over from round to round (warm start); round 1's
-default code network is the initial encoder's mean head (the re-initialization rule applied at
-round 1 too); validation log-likelihood exact on a grid for ``d ≤ 2``, by importance sampling with a
-fitted proposal for ``d > 2``.
+optimizer per stage per round (both stages run :func:`~pyro_mapa.training.fit`, stage 1 with
+:class:`~pyro_mapa.training.libi_loss.LiBICodeLoss`); penalties on each minibatch's codes (a last
+minibatch of fewer than ``d + 2`` rows is merged into the one before, so that ``HZ`` is defined);
+:math:`\\hat\\Sigma` normalized by ``|B|`` (as ``HZ`` is); the encoder carried over from round to round
+(warm start); round 1's default code network is the initial encoder's mean head (the
+re-initialization rule applied at round 1 too); validation log-likelihood exact on a grid for
+``d ≤ 2``, by importance sampling with a fitted proposal for ``d > 2``.
 
 References:
     | Characterizing and Avoiding Problematic Global Optima of Variational Autoencoders
@@ -43,14 +44,11 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
+import pyro
 import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..diagnostics.normality import henze_zirkler
 from ..errors import NonFiniteLossError, check_count, check_positive_int
 from ..evaluation.importance import check_data
 from ..evaluation.latent_posterior import grid_log_marginal
@@ -61,39 +59,18 @@ from ..models.vae import MeanFieldGuide, VAEModel, check_decoder_input
 from ..priors.learned_model import LearnedModel
 from .exact_decoder import _check_param_store
 from .fit import FitResult, fit
+from .libi_loss import (
+    CodeLoss,
+    LiBICodeGuide,
+    LiBICodeLoss,
+    LiBICodeModel,
+    check_stage1_param_store,
+    libi_code_loss,
+    remove_stage1_params,
+)
 from .threads import torch_threads
 
 __all__ = ["CodeLoss", "LiBIResult", "LiBIRound", "fit_libi", "libi_code_loss", "load_mean_head"]
-
-
-class CodeLoss(NamedTuple):
-    """Stage 1's loss on one minibatch and its four terms (0-dim tensors; ``total`` is differentiable)."""
-
-    total: Tensor
-    nll: Tensor
-    hz_penalty: Tensor
-    cov_penalty: Tensor
-    mean_penalty: Tensor
-
-
-def libi_code_loss(decoder: nn.Module, code_network: nn.Module, x: Tensor, likelihood: Likelihood, *,
-                   hz_weight: float, cov_scale: float, mean_scale: float) -> CodeLoss:
-    """LiBI's stage-1 loss on the minibatch ``x`` (module docstring, step 1).
-
-    ``nll`` is the mean over the rows of :math:`-\\log p(x_n \\mid f(h(x_n)))`; ``hz_penalty`` is
-    ``hz_weight · exp(HZ(Z))``, ``cov_penalty`` ``exp(‖Σ̂ − I‖²_F / cov_scale)`` with
-    ``Σ̂ = (Z − Z̄)ᵀ(Z − Z̄) / |B|``, ``mean_penalty`` ``exp(‖Z̄‖² / mean_scale)``.
-    """
-    z = code_network(x)
-    nll = -likelihood(decoder(z)).log_prob(x).mean()
-    mean = z.mean(0)
-    centred = z - mean
-    cov = centred.T @ centred / z.shape[0]
-    eye = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)
-    hz = hz_weight * torch.exp(henze_zirkler(z))
-    cov_pen = torch.exp(((cov - eye) ** 2).sum() / cov_scale)
-    mean_pen = torch.exp((mean**2).sum() / mean_scale)
-    return CodeLoss(nll + hz + cov_pen + mean_pen, nll, hz, cov_pen, mean_pen)
 
 
 def _mean_head_state(encoder: nn.Module, code_network: nn.Module, latent_dim: int) -> dict[str, Tensor]:
@@ -135,16 +112,21 @@ class LiBIRound:
     """One round: stage 1's and stage 2's per-epoch losses and the selection log-likelihood.
 
     Attributes:
-        stage1_losses: Per epoch, the mean over minibatches of :func:`libi_code_loss`'s total.
+        stage1_losses: Per epoch, the mean over its gradient steps of :func:`libi_code_loss`'s total.
         stage2_losses: Per epoch, the stage-2 SVI loss per point.
         log_likelihood: Mean per-point log-likelihood of the selection data after the round
             (``None`` when nothing was selected: one round and no ``valid_data``).
+        stage2: Stage 2's :class:`FitResult`.
+        stage1: Stage 1's :class:`FitResult` (its ``fit`` run with
+            :class:`~pyro_mapa.training.libi_loss.LiBICodeLoss`; ``epoch_losses`` is ``stage1_losses``,
+            ``steps`` the gradient steps; one code-network and one decoder row per point per step).
     """
 
     stage1_losses: list[float] = field(default_factory=list)
     stage2_losses: list[float] = field(default_factory=list)
     log_likelihood: float | None = None
     stage2: FitResult | None = None
+    stage1: FitResult | None = None
 
 
 @dataclass
@@ -201,38 +183,28 @@ def _check_outputs(net: nn.Module, x: Tensor, size: int, name: str, example: str
         raise ValueError(f"{name} outputs {out.shape[-1]} numbers per point, LiBI needs {size}: build it as {example}")
 
 
-def _batches(n: int, batch_size: int, min_rows: int, gen: torch.Generator) -> list[Tensor]:
-    """Shuffled minibatches; a last one of fewer than ``min_rows`` rows is merged into the one before."""
-    parts = list(torch.randperm(n, generator=gen).split(batch_size))
-    if len(parts) > 1 and len(parts[-1]) < min_rows:
-        parts[-2:] = [torch.cat(parts[-2:])]
-    return parts
-
-
-def _stage1(decoder, code_network, data, likelihood, d, weights, epochs, batch_size, lr, gen, desc, progress):
-    """Stage 1 of one round (a fresh Adam over decoder and code network); returns per-epoch losses and steps."""
-    params = [p for m in (decoder, code_network) for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    losses, steps = [], 0
-    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=True):
-        batches = _batches(len(data), batch_size, d + 2, gen)
-        total = 0.0
-        for idx in batches:
-            loss = libi_code_loss(decoder, code_network, data[idx.to(data.device)], likelihood, **weights).total
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            steps += 1
-        losses.append(total / len(batches))
-        if not math.isfinite(losses[-1]):
-            raise NonFiniteLossError(
-                f"LiBI {desc}: the loss is {losses[-1]} in epoch {epoch} (exp of a large penalty overflows: lower "
-                "lr, or raise cov_scale / mean_scale)"
-            )
-    for p in params:
-        p.grad = None
-    return losses, steps
+def _stage1(decoder, code_network, data, likelihood, d, weights, epochs, batch_size, lr, seed, desc, progress):
+    """Stage 1 of one round through :func:`fit` (a fresh Adam over decoder and code network, minibatches seeded
+    by ``seed``) with :class:`~pyro_mapa.training.libi_loss.LiBICodeLoss`; returns its :class:`FitResult`, whose
+    ``epoch_losses`` and ``steps`` are the loss's (a merged pair of minibatches is one step)."""
+    model, guide = LiBICodeModel(decoder, data, likelihood), LiBICodeGuide(code_network, data)
+    loss = LiBICodeLoss(d, **weights)
+    before = set(pyro.get_param_store().keys())
+    try:
+        res = fit(model, guide, loss, len(data), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                  progress=progress, desc=desc, num_threads=torch.get_num_threads())
+    except NonFiniteLossError as e:
+        raise NonFiniteLossError(
+            f"LiBI {desc}, {e} (in stage 1, often the exp of a large penalty overflowing: lower lr, or raise "
+            "cov_scale / mean_scale)"
+        ) from e
+    finally:
+        remove_stage1_params(before)  # the param store as stage 1 found it
+        for m in (decoder, code_network):
+            for p in m.parameters():
+                p.grad = None
+    res.epoch_losses, res.steps = loss.epoch_losses, loss.steps
+    return res
 
 
 def _selection_log_likelihood(decoder, likelihood, x, latent_dim, seed) -> float:
@@ -308,7 +280,8 @@ def fit_libi(
         valid_data: ``(M, D)`` points whose mean log-likelihood chooses the round (exact on a grid for
             ``d ≤ 2``; importance sampling with a fitted proposal for ``d > 2``). Without it, several
             rounds are chosen on the training data (and ``selection`` says so).
-        seed: Seeds the default networks, stage 1's minibatches, and round ``t``'s stage 2 with ``seed + t - 1``.
+        seed: Seeds the default networks, and round ``t``'s two :func:`fit` runs (stage 1, stage 2) with
+            ``seed + t - 1``.
         progress: tqdm bars per stage and round, left on screen.
         num_threads: Torch intra-op threads (policy of :mod:`pyro_mapa.training.threads`).
 
@@ -351,6 +324,7 @@ def fit_libi(
     if rounds > 1:
         _mean_head_state(encoder, code_network, d)  # refuse mismatched architectures before training
     _check_param_store("encoder", encoder)
+    check_stage1_param_store(decoder, code_network)
     with torch_threads(num_threads):
         return _fit_libi(decoder, data, likelihood, d, encoder, code_network, rounds, weights, stage1_epochs,
                          stage2_epochs, stage2_loss, num_particles, batch_size, lr, valid_data, seed, progress)
@@ -358,7 +332,6 @@ def fit_libi(
 
 def _fit_libi(decoder, data, likelihood, d, encoder, code_network, rounds, weights, stage1_epochs, stage2_epochs,
               stage2_loss, num_particles, batch_size, lr, valid_data, seed, progress) -> LiBIResult:
-    gen = torch.Generator().manual_seed(seed)
     guide = MeanFieldGuide(encoder, data, d)
     model = VAEModel(decoder, data, d, likelihood)
     loss_fn: ELBO = (
@@ -373,13 +346,13 @@ def _fit_libi(decoder, data, likelihood, d, encoder, code_network, rounds, weigh
             load_mean_head(code_network, encoder, d)
         tag = "LiBI" if rounds == 1 else f"LiBI round {t + 1}"
         start = time.perf_counter()
-        losses1, s = _stage1(decoder, code_network, data, likelihood, d, weights, stage1_epochs, batch_size, lr, gen,
-                             f"{tag} stage 1", progress)
+        res1 = _stage1(decoder, code_network, data, likelihood, d, weights, stage1_epochs, batch_size, lr, seed + t,
+                       f"{tag} stage 1", progress)
         seconds += time.perf_counter() - start
-        steps1 += s
+        steps1 += res1.steps
         res2 = _stage2(decoder, model, guide, loss_fn, len(data), stage2_epochs, batch_size, lr, seed + t, progress,
                        f"{tag} stage 2")
-        rec = LiBIRound(losses1, list(res2.epoch_losses), None, res2)
+        rec = LiBIRound(list(res1.epoch_losses), list(res2.epoch_losses), None, res2, res1)
         if selection != "none":
             rec.log_likelihood = _selection_log_likelihood(decoder, likelihood, select_x, d, seed)
             score = rec.log_likelihood if math.isfinite(rec.log_likelihood) else -math.inf

@@ -216,3 +216,131 @@ def test_registered_method_runs_rounds_and_marks_their_stages(jtex):
     assert res.epoch_stages == ["round 1 stage 1", "round 1 stage 2", "round 2 stage 1", "round 2 stage 2"]
     assert res.steps == 4 * 3 and res.decoder_passes_per_point == 1.0  # one decoder row per point per step
     assert setup.guide.encoder is setup.encoder and setup.model.decoder is setup.decoder
+
+
+# ---- Stage 1 through training.fit, with LiBICodeLoss (pyro_mapa.training.libi_loss) ----
+
+WEIGHTS = {"hz_weight": 0.3, "cov_scale": 0.7, "mean_scale": 0.4}
+
+
+def test_the_stage1_loss_object_is_n_times_libi_code_loss_and_registers_both_networks():
+    from pyro_mapa.training.libi_loss import LiBICodeGuide, LiBICodeLoss, LiBICodeModel
+
+    code, dec, x = tiny_case()
+    lik = NormalLikelihood(0.5)
+    pyro.clear_param_store()
+    model, guide, loss = LiBICodeModel(dec, x, lik), LiBICodeGuide(code, x), LiBICodeLoss(2, **WEIGHTS)
+    rows = torch.tensor([6, 0, 2, 5, 4])
+    sub_total, _ = hand_loss(code, dec, x[rows], 0.5, 0.3, 0.7, 0.4)
+    assert math.isclose(loss.loss(model, guide, rows), 7 * sub_total, rel_tol=1e-10)  # N = 7 times L(B)
+    # Its gradient is that of libi_code_loss on the same rows, times N.
+    value = loss.differentiable_loss(model, guide, rows)
+    grads = torch.autograd.grad(value, [dec.weight, code.weight])
+    ref = libi_code_loss(dec, code, x[rows], lik, **WEIGHTS).total
+    assert math.isclose(float(value.detach()), 7 * float(ref.detach()), rel_tol=1e-12)
+    for g, r in zip(grads, torch.autograd.grad(7 * ref, [dec.weight, code.weight])):
+        assert torch.allclose(g, r, rtol=1e-12, atol=0)
+    # loss_and_grads (one whole-data step): the value, gradients in .grad, the step recorded.
+    total, _ = hand_loss(code, dec, x, 0.5, 0.3, 0.7, 0.4)
+    assert math.isclose(loss.loss_and_grads(model, guide, torch.arange(7)), 7 * total, rel_tol=1e-10)
+    assert dec.weight.grad is not None and code.weight.grad is not None
+    assert loss.steps == 1 and len(loss.epoch_losses) == 1 and math.isclose(loss.epoch_losses[0], total, rel_tol=1e-10)
+    # Pyro sees the modules' own tensors under "decoder" and "libi_code_network"; every row is counted.
+    store = pyro.get_param_store()
+    assert store["decoder$$$weight"] is dec.weight and store["libi_code_network$$$bias"] is code.bias
+    assert model.decoder_passes == guide.encoder_passes == 5 + 5 + 7
+    pyro.clear_param_store()
+
+
+def _old_stage1(decoder, code_network, x, lik, epochs, batch_size, lr, seed, d):
+    """The loop stage 1 ran before it went through fit: its own Adam, randperm minibatches from a generator
+    seeded by seed, a last minibatch of fewer than d + 2 rows merged into the one before."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam([*decoder.parameters(), *code_network.parameters()], lr=lr)
+    losses = []
+    for _ in range(epochs):
+        parts = list(torch.randperm(len(x), generator=gen).split(batch_size))
+        if len(parts) > 1 and len(parts[-1]) < d + 2:
+            parts[-2:] = [torch.cat(parts[-2:])]
+        total = 0.0
+        for idx in parts:
+            loss = libi_code_loss(decoder, code_network, x[idx], lik, **WEIGHTS).total
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        losses.append(total / len(parts))
+    return losses
+
+
+@pytest.mark.parametrize("n", [10, 12])  # 10 rows: batches 4, 4, 2 and the 2 merged (4, 6); 12: 4, 4, 4
+def test_stage1_through_fit_takes_the_old_loops_steps_with_a_short_last_batch_merged(n):
+    import copy
+
+    code, dec, _ = tiny_case()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, 3, generator=g, dtype=F64)
+    lik = NormalLikelihood(0.5)
+    enc = linear(3, 4, np.full((4, 3), 0.1).tolist(), [0.0] * 4)
+    ref_dec, ref_code = copy.deepcopy(dec), copy.deepcopy(code)
+    expected = _old_stage1(ref_dec, ref_code, x, lik, epochs=3, batch_size=4, lr=1e-2, seed=5, d=2)
+    pyro.clear_param_store()
+    r = fit_libi(dec, x, lik, 2, encoder=enc, code_network=code, stage1_epochs=3, stage2_epochs=0, batch_size=4,
+                 lr=1e-2, seed=5, **WEIGHTS)
+    got = r.rounds[0].stage1_losses
+    assert len(got) == 3 and all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(got, expected)), (got, expected)
+    for net, ref in ((dec, ref_dec), (code, ref_code)):
+        for p, q in zip(net.parameters(), ref.parameters()):
+            assert torch.allclose(p, q, rtol=1e-12, atol=0)
+    steps = 3 * (2 if n == 10 else 3)
+    s1 = r.rounds[0].stage1
+    assert r.stage1_steps == s1.steps == steps and s1.epoch_losses == got
+    assert s1.encoder_passes_per_point == s1.decoder_passes_per_point == 1.0  # one row per point per step
+    assert not [k for k in pyro.get_param_store().keys() if k.startswith("libi_code_network")]  # stage 1 tidied up
+
+
+def test_each_rounds_stage1_is_a_fit_run_with_the_loss_object_and_that_rounds_seed(jtex, monkeypatch):
+    from pyro_mapa.training.libi_loss import LiBICodeGuide, LiBICodeLoss, LiBICodeModel
+
+    x, _, lik = jtex
+    real, calls = libi.fit, []
+
+    def spy(model, guide, loss, n, **kw):
+        calls.append((model, guide, loss, n, kw))
+        return real(model, guide, loss, n, **kw)
+
+    monkeypatch.setattr(libi, "fit", spy)
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    dec, code = mlp(2, 2, (8,)), mlp(2, 2, (8,))
+    r = fit_libi(dec, x, lik, 2, encoder=mlp(2, 4, (8,)), code_network=code, rounds=2, stage1_epochs=2,
+                 stage2_epochs=1, batch_size=20, lr=1e-2, seed=7, **WEIGHTS)
+    stage1 = [c for c in calls if isinstance(c[2], LiBICodeLoss)]
+    assert len(calls) == 4 and [c[2] for c in calls[::2]] == [c[2] for c in stage1]  # stage 1 first, each round
+    for t, (model, guide, loss, n, kw) in enumerate(stage1):
+        assert isinstance(model, LiBICodeModel) and model.decoder is dec and model.data is x
+        assert isinstance(guide, LiBICodeGuide) and guide.code_network is code
+        assert loss.weights == WEIGHTS and loss.min_rows == 4 and n == 60
+        assert kw["seed"] == 7 + t and kw["batch_size"] == 20 and kw["lr"] == 1e-2 and kw["epochs"] == 2
+        assert r.rounds[t].stage1_losses == loss.epoch_losses and loss.steps == 2 * 3
+    assert r.stage1_steps == 12
+
+
+def test_a_non_finite_stage1_loss_raises_and_leaves_the_param_store_clean():
+    from pyro_mapa.errors import NonFiniteLossError
+
+    code, dec, x = tiny_case()
+    with torch.no_grad():
+        code.bias.fill_(1e3)  # exp(‖z̄‖² / ε_μ) overflows to inf
+    enc = linear(3, 4, np.full((4, 3), 0.1).tolist(), [0.0] * 4)
+    pyro.clear_param_store()
+    with pytest.raises(NonFiniteLossError, match=r"LiBI stage 1, epoch 0, step 0 .*the loss is inf.*mean_scale"):
+        fit_libi(dec, x, NormalLikelihood(0.5), 2, encoder=enc, code_network=code, stage1_epochs=1,
+                 stage2_epochs=0, batch_size=7)
+    assert list(pyro.get_param_store().keys()) == []
+    # Another network already under stage 1's names would be trained instead: refused.
+    pyro.module("libi_code_network", linear(3, 2, [[0.0] * 3] * 2, [0.0, 0.0]))
+    with pytest.raises(ValueError, match="'libi_code_network\\$\\$\\$weight'.*clear_param_store"):
+        fit_libi(dec, x, NormalLikelihood(0.5), 2, encoder=enc, code_network=code, stage1_epochs=1,
+                 stage2_epochs=0, batch_size=7)
+    pyro.clear_param_store()
