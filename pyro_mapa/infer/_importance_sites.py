@@ -1,8 +1,10 @@
 """Which sites of a (model, guide) trace pair are per point or global, and the log-weights they give.
 
-Shared plumbing of the importance-weighted objectives (``TraceIWAE_ELBO``; meant to be reused by
-``TraceMAPA_ELBO`` for its global latents). The rules, in terms of the *data plate* (a plate
-whose entries, the "points", are conditionally independent given the global sites):
+Shared plumbing of the importance-weighted objectives: :func:`importance_terms` is the site loop
+of ``TraceIWAE_ELBO``; :class:`PlateScale` (the data plate's one scale) and :class:`PointSums`
+(per-point sums) are shared with the site loop of ``TraceMAPA_ELBO``; both reduce their terms in
+:class:`~._importance_elbo.PerPointImportanceELBO`. The rules, in terms of the *data plate* (a
+plate whose entries, the "points", are conditionally independent given the global sites):
 
 - a latent site inside the data plate is *local*: its ``log p - log q`` joins its point's
   log-weight, one per (particle, point); every other plate around it is summed within the point;
@@ -25,7 +27,14 @@ from torch import Tensor
 from ._pyro_compat import VECTORIZED_PARTICLE_PLATE, Messenger, detach_distribution, scale_and_mask, site_is_subsample
 from ._tracing import plate_frame, reduce_to_particle_point, same_scale, scalar_scale, site_log_prob
 
-__all__ = ["ImportanceTerms", "ShareGlobals", "detect_data_plate", "importance_terms"]
+__all__ = [
+    "ImportanceTerms",
+    "PlateScale",
+    "PointSums",
+    "ShareGlobals",
+    "detect_data_plate",
+    "importance_terms",
+]
 
 _FIX_REPARAM = (
     "TraceIWAE_ELBO needs reparameterized guide sites: use Trace_ELBO or TraceGraph_ELBO for this "
@@ -139,7 +148,38 @@ def _detached_log_q(site: dict, scale) -> Tensor:
     return scale_and_mask(detach_distribution(site["fn"]).log_prob(site["value"]), scale, site["mask"])
 
 
-class _Accumulator:
+class PlateScale:
+    """The one scale of the data plate's sites (``N/|B|`` under subsampling), checked site by site.
+
+    A per-point bound multiplies each point's logsumexp by it, so every site of a point must
+    carry the same scale.
+
+    Arguments:
+        plate: The data plate's name.
+        why: The end of the error's message: why one scale (and what to do otherwise).
+    """
+
+    def __init__(self, plate: str | None, why: str) -> None:
+        self.plate = plate
+        self.why = why
+        self.first: Any = None
+
+    def check(self, name: str, scale: Any) -> None:
+        """Records the first site's scale; ``ValueError`` if site ``name``'s ``scale`` differs from it."""
+        if self.first is None:
+            self.first = scale
+        elif not same_scale(scale, self.first):
+            raise ValueError(
+                f"all sites in plate {self.plate!r} must share one scale (site {name!r} differs){self.why}"
+            )
+
+    @property
+    def value(self) -> Any:
+        """The scale (``1.0`` when no site was checked)."""
+        return 1.0 if self.first is None else self.first
+
+
+class PointSums:
     """Sums per-point terms, keyed by point (``None``: vectorized, else a loop iteration's counter)."""
 
     def __init__(self) -> None:
@@ -179,10 +219,14 @@ def importance_terms(
             point, or (``plate=None``) any subsampled plate.
     """
     p = num_particles
-    acc, acc_dq = _Accumulator(), _Accumulator()
+    acc, acc_dq = PointSums(), PointSums()
     global_lp: Tensor | float = 0.0
     global_values: list[Tensor] = []
-    plate_scale = None
+    plate_scale = PlateScale(
+        plate,
+        ": with more than one particle the scale multiplies each point's log-mean-exp; use num_particles=1 for "
+        "per-site scales",
+    )
     check_reparameterized(guide_trace)
     # With no data plate and no latent site, log p(x) is the same for every particle: counted once.
     whole_trace = plate is None and bool(_latent_guide_sites(guide_trace))
@@ -240,14 +284,7 @@ def importance_terms(
                     f"site {name!r} in the data plate {plate!r} has a scale of shape {tuple(scale.shape)}; "
                     "a per-point bound needs one number (e.g. poutine.scale(scale=0.5)), or num_particles=1"
                 )
-            if plate_scale is None:
-                plate_scale = scale
-            elif not same_scale(scale, plate_scale):
-                raise ValueError(
-                    f"all sites in plate {plate!r} must share one scale (site {name!r} differs): with more than "
-                    "one particle the scale multiplies each point's log-mean-exp; use num_particles=1 for "
-                    "per-site scales"
-                )
+            plate_scale.check(name, scale)
         key = None if frame.dim is not None else frame.counter
         shape = (p, frame.size) if frame.dim is not None else (p,)
         for site, sign, detachable in parts:
@@ -259,5 +296,4 @@ def importance_terms(
                 lp = _detached_log_q(site, site["scale"] if inside else 1.0)
                 lp = _reduce(name, lp, particle_dim, f.dim, shape)
             acc_dq.add(key, sign * lp)
-    scale = 1.0 if plate_scale is None else plate_scale
-    return ImportanceTerms(acc.total(), acc_dq.total(), scale, global_lp, global_values)
+    return ImportanceTerms(acc.total(), acc_dq.total(), plate_scale.value, global_lp, global_values)

@@ -5,53 +5,17 @@ from __future__ import annotations
 import math
 
 import torch
-from pyro.infer import ELBO
 from torch import Tensor
 
-from ..errors import NonFiniteLossError, check_count
+from ..errors import check_count
+from ._importance_elbo import PerPointImportanceELBO, PerPointTerms, drop_negligible, negligible_log_ratio
 from ._importance_sites import ImportanceTerms, ShareGlobals, detect_data_plate, importance_terms
-from ._pyro_compat import (
-    VECTORIZED_PARTICLE_PLATE,
-    QuietNestingGuess,
-    get_importance_trace,
-    get_traces,
-    site_is_subsample,
-)
+from ._pyro_compat import VECTORIZED_PARTICLE_PLATE, get_importance_trace, get_traces, site_is_subsample
 
 __all__ = ["TraceIWAE_ELBO", "drop_negligible", "negligible_log_ratio"]
 
 
-def negligible_log_ratio(dtype: torch.dtype) -> float:
-    """``-2 log eps``: how far (in nats) below a point's largest log-weight a weight stops mattering.
-
-    A particle whose normalized weight is below :math:`\\epsilon^2` (float32: 1.4e-14, a gap of
-    31.9 nats; float64: 72.1 nats) changes neither the bound nor its gradient at the dtype's
-    precision, yet in the backward pass its weight times the likelihood's gradient becomes
-    a subnormal number once the gap exceeds about 87 nats (float32), and subnormal operands
-    make the matrix products of the networks' backward pass many times slower on CPUs
-    without hardware support for them.
-    """
-    return -2.0 * math.log(torch.finfo(dtype).eps)
-
-
-def drop_negligible(log_w: Tensor, dim: int = 0) -> Tensor:
-    """``log_w`` with ``-inf`` where :math:`w / \\max w < \\epsilon^2` along ``dim`` (no host sync).
-
-    .. math:: \\tilde\\ell_p = \\ell_p \\text{ if } \\ell_p \\ge \\max_q \\ell_q - 2\\log(1/\\epsilon), \\quad -\\infty \\text{ otherwise.}
-
-    The logsumexp of the result equals that of ``log_w`` to within a relative
-    :math:`P\\epsilon^2` of the sum, and the gradient reaching a dropped entry is an
-    exact zero (``masked_fill``), so no subnormal weight enters the backward pass. NaN
-    entries are kept (they propagate as before); a slice whose maximum is ``-inf`` is
-    left unchanged.
-    """
-    with torch.no_grad():
-        floor = log_w.amax(dim=dim, keepdim=True) - negligible_log_ratio(log_w.dtype)
-        drop = log_w < floor
-    return log_w.masked_fill(drop, -math.inf)
-
-
-class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
+class TraceIWAE_ELBO(PerPointImportanceELBO):
     """The IWAE bound with ``P`` importance samples per data point, a lower bound under minibatching.
 
     .. math::
@@ -104,6 +68,8 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
         | Doubly Reparameterized Gradient Estimators for Monte Carlo Objectives
         | (Tucker, Lawson, Gu and Maddison, 2019) https://arxiv.org/abs/1810.04152
     """
+
+    _name = "IWAE"
 
     def __init__(
         self,
@@ -175,66 +141,37 @@ class TraceIWAE_ELBO(QuietNestingGuess, ELBO):
         terms, model_trace, guide_trace = self._terms(model, guide, args, kwargs, detach_guide_params)
         return terms.log_w, terms.log_w_dq, terms.scale, terms.global_lp, model_trace, guide_trace
 
-    def _estimate_from(self, terms: ImportanceTerms) -> Tensor:
-        # Weights below eps² of a point's largest are dropped: same bound to the dtype's
-        # precision, and no subnormal weight reaches the backward matrix products.
-        total = torch.as_tensor(terms.global_lp)
-        if terms.log_w is None:
-            return total
-        per_point = torch.logsumexp(drop_negligible(terms.log_w), dim=0) - math.log(self.num_particles)
-        return terms.scale * per_point.sum() + total
+    def _per_point(self, model, guide, args, kwargs, grads: bool = False) -> PerPointTerms:
+        """Per-point log-weights, ``log P`` (a log-mean-exp), globals; the terms and traces as detail."""
+        detach = grads and self.dreg  # DReG's copies of the log-weights, for loss_and_grads
+        terms, model_trace, guide_trace = self._terms(model, guide, args, kwargs, detach_guide_params=detach)
+        global_lp = torch.as_tensor(terms.global_lp)
+        detail = (terms, model_trace, guide_trace)
+        return PerPointTerms(terms.log_w, terms.scale, global_lp, math.log(self.num_particles), detail=detail)
 
-    @staticmethod
-    def _raise_non_finite(value: float, log_w: Tensor | None) -> None:
-        bad_w = log_w is not None and not bool(torch.isfinite(log_w).all())
-        detail = "log-weights are non-finite" if bad_w else "globals are non-finite"
-        raise NonFiniteLossError(f"the IWAE loss is {value}; {detail}")
+    def _non_finite_detail(self, terms: PerPointTerms) -> str:
+        bad_w = terms.log_w is not None and not bool(torch.isfinite(terms.log_w).all())
+        return "log-weights are non-finite" if bad_w else "globals are non-finite"
 
-    def _checked_value(self, loss: Tensor, log_w: Tensor | None) -> float:
-        """``float(loss)``, raising :class:`NonFiniteLossError` if it is not finite: one host sync."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._raise_non_finite(value, log_w)
-        return value
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        """Minus the IWAE bound, a differentiable scalar (plain reparameterized gradient).
-
-        Checks that the loss is finite, which reads it on the host (one sync).
-        """
-        terms, _, _ = self._terms(model, guide, args, kwargs)
-        loss = -self._estimate_from(terms)
-        self._checked_value(loss, terms.log_w)
-        return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        with torch.no_grad():
-            terms, _, _ = self._terms(model, guide, args, kwargs)
-            return self._checked_value(-self._estimate_from(terms), terms.log_w)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """Minus the bound as a float (the step's one host sync, also its finiteness check); gradients accumulated."""
-        terms, model_trace, guide_trace = self._terms(model, guide, args, kwargs, detach_guide_params=self.dreg)
-        loss = -self._estimate_from(terms)
-        value = self._checked_value(loss, terms.log_w)
+    def _backward(self, loss: Tensor, terms: PerPointTerms) -> None:
+        """The IWAE gradient; with ``dreg``, DReG's for the guide's parameters of local sites."""
         if not self.dreg or terms.log_w is None:
-            if loss.requires_grad:
-                loss.backward(retain_graph=self.retain_graph)
-            return value
+            super()._backward(loss, terms)
+            return
+        iw, model_trace, guide_trace = terms.detail
         guide_params = _params(guide_trace)
-        plain = _depends_on(terms, guide_params)
+        plain = _depends_on(iw, guide_params)
         local = [t for t in guide_params if all(t is not u for u in plain)]
         model_params = [t for t in _params(model_trace) if all(t is not g for g in guide_params)] + plain
         # DReG (Tucker et al. 2019, Eq. 7): grad_phi = sum_p w~_p^2 d log w_p / dz_p dz_p / dphi,
         # with phi held fixed inside log q; model parameters keep the IWAE gradient.
-        lw = terms.log_w.detach()
+        lw = iw.log_w.detach()
         w = torch.softmax(drop_negligible(lw), dim=0)
         # w² below eps² of the largest w² is dropped too (exact zeros, never subnormal).
         tiny_w2 = lw < lw.amax(dim=0, keepdim=True) - 0.5 * negligible_log_ratio(lw.dtype)
-        surrogate_phi = -terms.scale * (w.pow(2).masked_fill(tiny_w2, 0.0) * terms.log_w_dq).sum()
+        surrogate_phi = -iw.scale * (w.pow(2).masked_fill(tiny_w2, 0.0) * iw.log_w_dq).sum()
         _accumulate(surrogate_phi, local, retain_graph=True)
         _accumulate(loss, model_params, retain_graph=bool(self.retain_graph))
-        return value
 
 
 _UNKNOWN = object()

@@ -8,23 +8,16 @@ import warnings
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO
 from pyro.infer.autoguide import AutoGuideList
 from torch import Tensor
 
-from ..errors import NonFiniteLossError, check_count
+from ..errors import check_count
 from ..table.counter_rng import counter_uniform
-from ._pyro_compat import QuietNestingGuess, site_is_subsample
-from ._tracing import (
-    peek_index_site,
-    plate_frame,
-    reduce_to_particle_point,
-    same_scale,
-    scalar_scale,
-    site_log_prob,
-)
+from ._importance_elbo import PerPointImportanceELBO, PerPointTerms
+from ._importance_sites import PlateScale, PointSums
+from ._pyro_compat import site_is_subsample
+from ._tracing import peek_index_site, plate_frame, reduce_to_particle_point, scalar_scale, site_log_prob
 from .force_index import ForceIndexMessenger, mapa_index_values
-from .iwae_elbo import drop_negligible
 from .mapa_guide import MAPAGuide
 
 __all__ = ["TraceMAPA_ELBO"]
@@ -32,7 +25,7 @@ __all__ = ["TraceMAPA_ELBO"]
 _PARTICLE_PLATE = "_mapa_particles"
 
 
-class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
+class TraceMAPA_ELBO(PerPointImportanceELBO):
     """The MAPA bound: top-``K`` indices summed exactly plus ``S`` importance samples of the rest.
 
     For each data point :math:`x_n` with :math:`\\ell_i = \\log p_\\theta(x_n \\mid f_\\theta(g_\\phi(x_i)))`
@@ -97,6 +90,8 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         | Variational Autoencoders (Yacoby, Pan and Doshi-Velez, AABI 2024)
         | https://arxiv.org/abs/2403.08941
     """
+
+    _name = "MAPA"
 
     def __init__(
         self,
@@ -232,15 +227,17 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         guide.check_model_data(model, trace)  # once per model: refuses a table built on other data
         return guide, trace, forcing.values, forcing.correction, globals_trace
 
-    def _estimate(self, model, guide, args, kwargs) -> tuple[Tensor, dict[str, Tensor]]:
-        """The bound's estimate (a differentiable scalar) and its parts, for diagnostics."""
+    def _per_point(self, model, guide, args, kwargs, grads: bool = False) -> PerPointTerms:
+        """``(K + S, B)`` log-weights of one vectorized model run, globals; the bound's parts as detail."""
         guide, trace, values, correction, globals_trace = self._run(model, guide, args, kwargs)
         num_particles, batch = values.shape
         drawn = set() if globals_trace is None else set(globals_trace.stochastic_nodes)
         particle_dim = -(self.max_plate_nesting + 1)
-        point_lp: Tensor | None = None  # accumulated without a zeros tensor: fewer ops per step
+        point_sums = PointSums()  # summed without a zeros tensor: fewer ops per step
         global_lp: Tensor | float = 0.0
-        plate_scale = None
+        plate_scale = PlateScale(
+            guide.plate, "; TraceMAPA_ELBO applies the minibatch scale after the per-point logsumexp"
+        )
         point_mask = None
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site_is_subsample(site):
@@ -252,40 +249,25 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
                 g = reduce_to_particle_point(lp, particle_dim, None, (num_particles,))
                 global_lp = global_lp + scalar_scale(site) * g.mean()
                 continue
-            scale = scalar_scale(site)
-            if plate_scale is None:
-                plate_scale = scale
-            elif not same_scale(scale, plate_scale):
-                raise ValueError(
-                    f"all sites in plate {guide.plate!r} must share one scale (site {name!r} differs); "
-                    "TraceMAPA_ELBO applies the minibatch scale after the per-point logsumexp"
-                )
-            term = reduce_to_particle_point(lp, particle_dim, frame.dim, (num_particles, batch))
-            point_lp = term if point_lp is None else point_lp + term
+            plate_scale.check(name, scalar_scale(site))
+            point_sums.add(None, reduce_to_particle_point(lp, particle_dim, frame.dim, (num_particles, batch)))
             if name == guide.site and site["mask"] is not None and not isinstance(site["mask"], bool):
                 point_mask = reduce_to_particle_point(
                     site["mask"].to(lp.dtype), particle_dim, frame.dim, (num_particles, batch)
                 )[0].bool()
-        log_w = point_lp - correction.to(point_lp.device)
-        # Weights below eps² of a point's largest are dropped: the same bound to the dtype's
-        # precision, and no subnormal weight reaches the decoder's backward matrix products.
-        per_point = torch.logsumexp(drop_negligible(log_w), dim=0)
-        if point_mask is not None:
-            per_point = torch.where(point_mask, per_point, torch.zeros_like(per_point))
+        likelihood = point_sums.total()
+        log_w = likelihood - correction.to(likelihood.device)
         if globals_trace is not None:  # - log q of the one draw of the globals, counted once
             for site in globals_trace.nodes.values():
                 if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
                     global_lp = global_lp - scalar_scale(site) * site_log_prob(site).sum()
-        scale = 1.0 if plate_scale is None else plate_scale
-        estimate = scale * per_point.sum() + global_lp
-        parts = {"likelihood": point_lp, "remainder_weight": correction, "globals": global_lp}
-        return estimate, parts
+        parts = {"likelihood": likelihood, "remainder_weight": correction, "globals": global_lp}
+        return PerPointTerms(log_w, plate_scale.value, global_lp, mask=point_mask, detail=parts)
 
-    @staticmethod
-    def _raise_non_finite(value: float, parts: dict[str, Tensor]) -> None:
+    def _non_finite_detail(self, terms: PerPointTerms) -> str:
         # A remainder correction of +inf is a zero weight (an index outside the proposal's support).
         bad = [
-            k for k, v in ((k, torch.as_tensor(v)) for k, v in parts.items())
+            k for k, v in ((k, torch.as_tensor(v)) for k, v in terms.detail.items())
             if bool(torch.isnan(v).any()) or bool((v == -math.inf).any())
             or (k != "remainder_weight" and not bool(torch.isfinite(v).all()))
         ]
@@ -294,17 +276,10 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
             if bad
             else "every index of some point has zero likelihood (log-weights all -inf)"
         )
-        raise NonFiniteLossError(
-            f"the MAPA loss is {value}; {detail}. Check the data and the decoder outputs "
+        return (
+            f"{detail}. Check the data and the decoder outputs "
             "(e.g. a likelihood scale that reached 0, or NaN parameters after a too large step)"
         )
-
-    def _checked_value(self, loss: Tensor, parts: dict[str, Tensor]) -> float:
-        """``float(loss)``, raising :class:`NonFiniteLossError` if it is not finite: one host sync."""
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            self._raise_non_finite(value, parts)
-        return value
 
     # ------------------------------------------------------------------ ELBO API
     def _get_trace(self, model, guide, args, kwargs):
@@ -321,32 +296,6 @@ class TraceMAPA_ELBO(QuietNestingGuess, ELBO):
         finally:
             mapa._subsample_supplied = False
         return model_trace, guide_trace
-
-    def differentiable_loss(self, model, guide, *args, **kwargs) -> Tensor:
-        """``-L_{K,S}`` as a differentiable scalar tensor (its finiteness check reads it: one host sync)."""
-        estimate, parts = self._estimate(model, guide, args, kwargs)
-        loss = -estimate
-        self._checked_value(loss, parts)
-        return loss
-
-    def loss(self, model, guide, *args, **kwargs) -> float:
-        """``-L_{K,S}`` as a float, without gradients."""
-        with torch.no_grad():
-            estimate, parts = self._estimate(model, guide, args, kwargs)
-            return self._checked_value(-estimate, parts)
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """``-L_{K,S}`` as a float; its gradients are accumulated into the parameters' ``.grad``.
-
-        Reading the float (which Pyro's ``SVI.step`` returns) is the step's one host
-        sync besides the codebook's ``torch.unique``; the finiteness check uses it.
-        """
-        estimate, parts = self._estimate(model, guide, args, kwargs)
-        loss = -estimate
-        value = self._checked_value(loss, parts)
-        if loss.requires_grad:
-            loss.backward(retain_graph=self.retain_graph)
-        return value
 
 
 def _check_latent(name: str, site: dict, frame, guide: MAPAGuide, drawn: set) -> None:
