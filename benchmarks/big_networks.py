@@ -64,7 +64,7 @@ from pyro_mapa import (
     mlp,
 )
 from pyro_mapa.experiments.provenance import provenance
-from pyro_mapa.infer import iwae_elbo
+from pyro_mapa.infer import _importance_elbo
 from pyro_mapa.models.free_codebook import FreeCodebook
 
 OBJECTIVES = (
@@ -132,12 +132,12 @@ def _unmasked(step_fn: Callable[[torch.Tensor], float]) -> Callable[[torch.Tenso
     """The step with the negligible-weight mask turned off (as before the mask was added), for before/after runs."""
 
     def step(batch: torch.Tensor) -> float:
-        saved = iwae_elbo.negligible_log_ratio
-        iwae_elbo.negligible_log_ratio = lambda dtype: math.inf
+        saved = _importance_elbo.negligible_log_ratio  # the one place both ELBOs read it
+        _importance_elbo.negligible_log_ratio = lambda dtype: math.inf
         try:
             return step_fn(batch)
         finally:
-            iwae_elbo.negligible_log_ratio = saved
+            _importance_elbo.negligible_log_ratio = saved
 
     return step
 

@@ -57,6 +57,8 @@ MODULE_TESTS: dict[str, list[str]] = {
     ],
     "pyro_mapa/infer/mapa_elbo.py": ["tests/infer/test_mapa_elbo.py"],
     "pyro_mapa/infer/iwae_elbo.py": ["tests/infer/test_iwae_elbo.py", "tests/infer/test_subnormal.py"],
+    "pyro_mapa/infer/_importance_elbo.py": ["tests/infer/test_importance_elbo_base.py", "tests/infer/test_iwae_elbo.py",
+                                            "tests/infer/test_mapa_elbo.py", "tests/infer/test_subnormal.py"],
     "pyro_mapa/table/kernels.py": ["tests/table/test_kernels.py", "tests/table/test_posterior_table.py"],
     "pyro_mapa/evaluation/exact.py": ["tests/evaluation/test_exact_evaluation.py"],
     "pyro_mapa/evaluation/index_loglik.py": ["tests/evaluation/test_index_loglik.py",

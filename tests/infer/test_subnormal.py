@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+import pyro_mapa.infer._importance_elbo as base_module
 import pyro_mapa.infer.iwae_elbo as iwae_module
 from pyro_mapa import (
     AmortizedCodebook,
@@ -54,6 +55,7 @@ class SubnormalCounter(TorchDispatchMode):
 def unmasked(monkeypatch):
     """Turns the mask off (an infinite gap): the computation as it was before the mask."""
     monkeypatch.setattr(iwae_module, "negligible_log_ratio", lambda dtype: math.inf)
+    monkeypatch.setattr(base_module, "negligible_log_ratio", lambda dtype: math.inf)
 
 
 # ---------------------------------------------------------------- drop_negligible
@@ -129,6 +131,7 @@ def test_mapa_no_subnormals_and_same_loss_and_grads(k, s):
     # Reference: float64, without the mask (nothing there is anywhere near subnormal).
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(iwae_module, "negligible_log_ratio", lambda dtype: math.inf)
+        mp.setattr(base_module, "negligible_log_ratio", lambda dtype: math.inf)
         loss64, grads64, _ = mapa_loss_and_grads(torch.float64, k, s, batch)
     torch.testing.assert_close(loss32.double(), loss64, rtol=2e-6, atol=0)
     for g32, g64 in zip(grads32, grads64):
@@ -200,6 +203,7 @@ def test_iwae_no_subnormals_and_same_loss_and_grads(dreg):
         assert not torch.any((g.abs() < torch.finfo(g.dtype).tiny) & (g != 0))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(iwae_module, "negligible_log_ratio", lambda dtype: math.inf)
+        mp.setattr(base_module, "negligible_log_ratio", lambda dtype: math.inf)
         loss64, grads64, _ = iwae_loss_and_grads(torch.float64, dreg)
     assert loss32 == pytest.approx(loss64, rel=2e-6)
     for g32, g64 in zip(grads32, grads64):
@@ -263,10 +267,10 @@ def test_the_elbo_reads_one_scalar_per_step(objective):
             model, x = line_mapa(torch.float32)
             table = PosteriorTable.from_data(x, NormalLikelihood(0.6).kernel())
             guide, elbo = MAPAGuide(table, "c", "data"), TraceMAPA_ELBO(3, 2, max_plate_nesting=1)
-            args, module = (torch.arange(6),), "/infer/mapa_elbo.py"
+            args, module = (torch.arange(6),), "/infer/_importance_elbo.py"
         else:
             model, guide, _ = iwae_case(torch.float32)
-            elbo, args, module = TraceIWAE_ELBO(P, dreg=objective == "dreg", max_plate_nesting=1), (), "/infer/iwae_elbo.py"
+            elbo, args, module = TraceIWAE_ELBO(P, dreg=objective == "dreg", max_plate_nesting=1), (), "/infer/_importance_elbo.py"
         elbo.loss_and_grads(model, guide, *args)  # first step: one-off checks
         reads = ScalarReads()
         with reads:
