@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from pyro_mapa import GaussianKernel, PosteriorTable
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa_experiments.provenance import provenance
 
 
 def main() -> None:

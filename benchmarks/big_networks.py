@@ -63,7 +63,7 @@ from pyro_mapa import (
     VAEModel,
     mlp,
 )
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa_experiments.provenance import provenance
 from pyro_mapa.infer import _importance_elbo
 from pyro_mapa.models.free_codebook import FreeCodebook
 

@@ -30,9 +30,9 @@ from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 from pyro.optim import Adam
 
 from pyro_mapa import TraceIWAE_ELBO
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
+from pyro_mapa_experiments.provenance import provenance
 
 
 class PlainMAPAStep:

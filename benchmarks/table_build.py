@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa_experiments.provenance import provenance
 
 CASE = r"""
 import json, resource, sys, time, torch

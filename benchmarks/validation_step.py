@@ -22,9 +22,9 @@ import torch
 from pyro.infer import SVI
 from pyro.optim import Adam
 
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
+from pyro_mapa_experiments.provenance import provenance
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ import torch
 
 from pyro_mapa import BernoulliLikelihood, NormalLikelihood
 from pyro_mapa.diagnostics import importance_diagnostics
-from pyro_mapa.experiments.methods import build_method
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa.methods import build_method
+from pyro_mapa_experiments.provenance import provenance
 from pyro_mapa.training import fit
 
 

@@ -28,8 +28,8 @@ import torch
 from pyro_mapa import BernoulliLikelihood, NormalLikelihood
 from pyro_mapa.diagnostics import importance_diagnostics
 from pyro_mapa.evaluation import CodeMixtureProposal
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 
 from digits import load_digits_splits  # noqa: E402  (experiments/ is the working directory's sibling)
 

@@ -26,8 +26,8 @@ from torch import nn
 
 from pyro_mapa import NormalLikelihood, PosteriorTable
 from pyro_mapa.evaluation import grid_log_likelihood
-from pyro_mapa.experiments.methods import build_method
-from pyro_mapa.experiments.provenance import provenance
+from pyro_mapa.methods import build_method
+from pyro_mapa_experiments.provenance import provenance
 from pyro_mapa.training import fit
 
 SIGMA, D_OBS = 0.1, 64

@@ -15,8 +15,11 @@ The whole public API, by layer (subpackage)::
     diagnostics  to_inference_data, collapse_diagnostics (more in pyro_mapa.diagnostics)
     errors       NonFiniteLossError
 
-``pyro_mapa.training`` (``fit``, LiBI's ``fit_libi``, checkpoints, data-parallel) and ``pyro_mapa.experiments``
-(benchmarks, method registry, reproduction) are imported on demand.
+``pyro_mapa.training`` (``fit``, LiBI's ``fit_libi``, checkpoints, data-parallel), ``pyro_mapa.datasets``
+(the synthetic benchmarks with exact densities) and ``pyro_mapa.methods`` (``build_method``, the registry
+of compared methods) are imported on demand. The paper's reproduction, provenance and figures are not
+part of the installed package: they live in the repository's ``experiments/`` folder
+(``pyro_mapa_experiments``, ``pip install -e ./experiments``).
 
 Reference: Yacoby, Pan and Doshi-Velez, "Towards Model-Agnostic Posterior
 Approximation for Fast and Accurate Variational Autoencoders", AABI 2024.

@@ -20,6 +20,21 @@ QUICK_HELP = (
 )
 
 
+def _experiments(module: str):
+    """``pyro_mapa_experiments.<module>``: the reproduction lives in the repository, not in the installed library."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"pyro_mapa_experiments.{module}")
+    except ModuleNotFoundError as err:
+        if err.name not in ("pyro_mapa_experiments", f"pyro_mapa_experiments.{module}"):
+            raise
+        raise SystemExit(
+            "pyro-mapa: the paper's experiments are not part of the installed library; from a clone of the "
+            "repository run: pip install -e ./experiments"
+        ) from None
+
+
 def run_demo(
     epochs: int = 200,
     num_train: int = 1000,
@@ -44,8 +59,8 @@ def run_demo(
 
 
 def _run_demo(epochs, num_train, num_test, seed, num_top, num_samples, progress) -> dict[str, dict[str, float]]:
-    from .experiments.datasets import load_dataset
-    from .experiments.methods import build_method
+    from .datasets import load_dataset
+    from .methods import build_method
     from .training import fit
 
     ds = load_dataset("figure8", num_train=num_train, num_valid=10, num_test=num_test, seed=seed)
@@ -131,7 +146,7 @@ def _check(args: argparse.Namespace) -> int:
     import math
     from pathlib import Path
 
-    from .experiments.check import check_reproduction
+    check_reproduction = _experiments("check").check_reproduction
 
     try:
         report = check_reproduction(args.check, sample=args.sample, seed=args.seed, tolerance=args.tolerance,
@@ -178,9 +193,11 @@ def _reproduce(args: argparse.Namespace, argv: Sequence[str] | None = None) -> i
     import shlex
     from pathlib import Path
 
-    from .experiments.datasets import DATASET_NAMES
-    from .experiments.methods import METHODS
-    from .experiments.reproduce import ReproductionSettings, run_reproduction
+    from .datasets import DATASET_NAMES
+    from .methods import METHODS
+
+    reproduce = _experiments("reproduce")
+    ReproductionSettings, run_reproduction = reproduce.ReproductionSettings, reproduce.run_reproduction
 
     if args.check:
         return _check(args)
@@ -247,7 +264,9 @@ def _add_reproduce(sub) -> None:
 
 
 def _libi(args: argparse.Namespace) -> int:
-    from .experiments.libi_benchmarks import LiBIBenchmarkSettings, run_libi_benchmarks, write_summary
+    lb = _experiments("libi_benchmarks")
+    LiBIBenchmarkSettings, run_libi_benchmarks, write_summary = (lb.LiBIBenchmarkSettings, lb.run_libi_benchmarks,
+                                                                 lb.write_summary)
 
     if args.summarize:
         summary = write_summary(args.output)

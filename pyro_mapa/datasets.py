@@ -28,10 +28,10 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from ..errors import as_data_tensor
-from ..evaluation.exact import quadrature_log_likelihood
-from ..models.likelihoods import NormalLikelihood
-from ..models.networks import mlp
+from .errors import as_data_tensor
+from .evaluation.exact import quadrature_log_likelihood
+from .models.likelihoods import NormalLikelihood
+from .models.networks import mlp
 
 __all__ = [
     "ALL_DATASET_NAMES",
@@ -219,7 +219,7 @@ def fit_surrogate_decoder(
     Returns:
         A frozen function ``(..., 1) -> (..., 2)`` (float32 inside, any float dtype out).
     """
-    from ..models.networks import mlp
+    from .models.networks import mlp
 
     f = true_decoder(name)
     g = torch.Generator().manual_seed(seed)

@@ -48,13 +48,13 @@ import torch
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
 from torch import Tensor, nn
 
-from ..evaluation.index_loglik import index_log_likelihood
-from ..errors import check_positive_int
-from ..infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
-from ..infer.beta_elbo import TraceBetaELBO
-from ..infer import hamiltonian_guide as hvae_defaults
-from ..infer import infovae_elbo as infovae_defaults
-from ..models import (
+from .evaluation.index_loglik import index_log_likelihood
+from .errors import check_positive_int
+from .infer import HamiltonianGuide, MAPAGuide, TraceInfoVAE_ELBO, TraceIWAE_ELBO, TraceMAPA_ELBO
+from .infer.beta_elbo import TraceBetaELBO
+from .infer import hamiltonian_guide as hvae_defaults
+from .infer import infovae_elbo as infovae_defaults
+from .models import (
     AmortizedCodebook,
     EmpiricalizedModel,
     FreeCodebook,
@@ -64,12 +64,12 @@ from ..models import (
     VAEModel,
     mlp,
 )
-from ..priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
-from ..table.posterior_table import PosteriorTable
-from ..training.fit import FitResult, fit
-from ..training.exact_decoder import fit_exact_decoder
-from ..training.libi import fit_libi, load_mean_head
-from ..priors.learned_model import LearnedModel
+from .priors import CodeMixturePrior, FlowPrior, GaussianCopulaPrior
+from .table.posterior_table import PosteriorTable
+from .training.fit import FitResult, fit
+from .training.exact_decoder import fit_exact_decoder
+from .training.libi import fit_libi, load_mean_head
+from .priors.learned_model import LearnedModel
 
 __all__ = ["METHODS", "OPTION_GRIDS", "LearnedModel", "MethodSetup", "TraceBetaELBO", "annealed_beta", "build_method",
            "true_posterior_table"]

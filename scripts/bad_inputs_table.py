@@ -37,9 +37,9 @@ from pyro_mapa import (AmortizedCodebook, BernoulliKernel, EmpiricalizedModel, G
                        MeanFieldGuide, NormalLikelihood, PosteriorTable, TraceInfoVAE_ELBO, TraceIWAE_ELBO,
                        TraceMAPA_ELBO, VAEModel, empiricalize, mlp)
 from pyro_mapa.diagnostics import henze_zirkler
-from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.datasets import load_dataset
 from pyro_mapa.priors import GaussianCopulaPrior, KDEPrior, LearnedModel
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit, fit_libi
 from pyro_mapa.training.checkpoint import load_checkpoint
 

@@ -6,7 +6,7 @@ regenerated file can be compared with the one it replaced:
     python scripts/compare_results.py b78f334:docs/results/reproduction_current/raw_results.json \\
         docs/results/raw_results.json
 
-Prints the largest ``|old - new|`` per metric path (``pyro_mapa.experiments.provenance.
+Prints the largest ``|old - new|`` per metric path (``pyro_mapa_experiments.provenance.
 max_abs_differences``: wall-clock fields and provenance are skipped; metrics only the new file has
 are listed as new) and exits 1 when one exceeds ``--tolerance`` (default 0: identical numbers).
 """
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyro_mapa.experiments.provenance import max_abs_differences, numeric_leaves
+from pyro_mapa_experiments.provenance import max_abs_differences, numeric_leaves
 
 __all__ = ["load", "main"]
 

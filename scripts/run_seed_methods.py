@@ -9,7 +9,7 @@ HVAE choose their setting from `OPTION_GRIDS` with the restart, on validation lo
 import argparse
 from pathlib import Path
 
-from pyro_mapa.experiments.reproduce import ReproductionSettings, run_reproduction
+from pyro_mapa_experiments.reproduce import ReproductionSettings, run_reproduction
 
 SEED_METHODS = ("RenyiELBO", "InfoVAE", "HVAE", "LIDVAE", "MAPA-LIDVAE", "LiBI")
 

@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_mapa"
 # Lower layers first; a module may import from its own layer or any layer before it.
 LAYERS = ["errors", "_io", "table", "models", "infer", "evaluation", "priors", "diagnostics", "training",
-          "experiments", "cli", "__main__", "__init__"]
+          "datasets", "methods", "experiments", "cli", "__main__", "__init__"]
 PUBLIC_PYRO = {"pyro", "pyro.infer", "pyro.infer.autoguide", "pyro.poutine", "pyro.distributions", "pyro.optim", "pyro.nn"}
 COMPAT = PACKAGE / "infer" / "_pyro_compat.py"
 MAX_LINES = 450
@@ -118,3 +118,25 @@ def test_public_api_matches_docstring():
     for name in pyro_mapa.__all__:
         assert hasattr(pyro_mapa, name), name
         assert name in pyro_mapa.__doc__, f"{name} is exported but not listed in pyro_mapa's docstring"
+
+
+REPRODUCTION_MODULES = ("reproduce", "check", "provenance", "figures", "collapse_summary", "libi_benchmarks",
+                        "libi_metrics")
+
+
+def test_installed_package_holds_no_reproduction_code():
+    """The paper's machinery lives in experiments/pyro_mapa_experiments, which the library does not install."""
+    names = {p.stem for p in _modules()}
+    assert not names & set(REPRODUCTION_MODULES), sorted(names & set(REPRODUCTION_MODULES))
+    experiments = PACKAGE.parent / "experiments" / "pyro_mapa_experiments"
+    assert {p.stem for p in experiments.glob("*.py")} >= set(REPRODUCTION_MODULES)
+    # only the CLI reaches it, on demand, by name (importlib) and never by an import statement
+    offenders = [str(p.relative_to(PACKAGE)) for p in _modules()
+                 if any(mod.startswith("pyro_mapa_experiments") for mod, _ in _imports(p))]
+    assert not offenders, offenders
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(PACKAGE.parent / "setup.cfg")
+    assert cfg["options.packages.find"]["include"].split(",")[0].strip() == "pyro_mapa"
+    assert "pyro_mapa_experiments" not in cfg["options.packages.find"]["include"]

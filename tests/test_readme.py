@@ -61,7 +61,9 @@ def without_timing(lines: list[str]) -> list[list[str]]:
 def test_quick_start_commands_are_kept():
     bash = fenced_blocks(README, "bash")
     assert 'pip install torch==2.13.0 -e . && python -m pyro_mapa demo\n' in bash
-    assert 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q\n' in bash
+    assert 'pip install torch==2.13.0 -e ".[test]" -e ./experiments && python -m pytest -q\n' in bash
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'torch==2.13.0 -e ".[test]" -e ./experiments && python -m pytest -q' in ci  # CI runs exactly it
 
 
 def test_every_python_block_runs(capsys):

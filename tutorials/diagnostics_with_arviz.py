@@ -34,8 +34,8 @@ import pyro
 from pyro_mapa.diagnostics import TrainingTrace, importance_diagnostics, index_posterior, proposal_quality
 from pyro_mapa.diagnostics.compare import compare
 from pyro_mapa.diagnostics.inference_data import aggregate_posterior, to_inference_data
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.table.posterior_table import PosteriorTable
 from pyro_mapa.training import fit
 

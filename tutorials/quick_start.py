@@ -26,7 +26,7 @@ from pyro_mapa import (
     VAEModel,
     mlp,
 )
-from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.datasets import load_dataset
 from pyro_mapa import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 

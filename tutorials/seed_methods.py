@@ -35,7 +35,7 @@ from pyro_mapa import (
     collapse_diagnostics,
     mlp,
 )
-from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.datasets import load_dataset
 from pyro_mapa import LearnedModel
 from pyro_mapa.priors import GaussianCopulaPrior
 from pyro_mapa.training import fit_exact_decoder

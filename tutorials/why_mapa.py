@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt
 import pyro
 import torch
 
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.figures import posterior_trend_curves
-from pyro_mapa.experiments.methods import build_method, true_posterior_table
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa_experiments.figures import posterior_trend_curves
+from pyro_mapa.methods import build_method, true_posterior_table
 from pyro_mapa.training import fit
 
 smoke_test = "CI" in os.environ

@@ -19,7 +19,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from pyro_mapa import BernoulliLikelihood, empirical_log_likelihood
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit
 
 smoke_test = "CI" in os.environ

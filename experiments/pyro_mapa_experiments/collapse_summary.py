@@ -7,12 +7,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..diagnostics.collapse import collapse_diagnostics
-from ..errors import check_positive_int
-from ..evaluation.latent_posterior import GridMassError, exact_posterior, kl_to_posterior
-from ..models import EmpiricalizedModel, MeanFieldGuide
-from ..priors.learned_model import LearnedModel
-from .methods import MethodSetup
+from pyro_mapa.diagnostics.collapse import collapse_diagnostics
+from pyro_mapa.errors import check_positive_int
+from pyro_mapa.evaluation.latent_posterior import GridMassError, exact_posterior, kl_to_posterior
+from pyro_mapa.models import EmpiricalizedModel, MeanFieldGuide
+from pyro_mapa.priors.learned_model import LearnedModel
+from pyro_mapa.methods import MethodSetup
 
 __all__ = ["collapse_summary", "guide_posterior_kl"]
 

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ..evaluation.index_loglik import index_log_likelihood  # noqa: E402
-from .datasets import load_dataset  # noqa: E402
+from pyro_mapa.evaluation.index_loglik import index_log_likelihood  # noqa: E402
+from pyro_mapa.datasets import load_dataset  # noqa: E402
 
 __all__ = [
     "densities_figure",

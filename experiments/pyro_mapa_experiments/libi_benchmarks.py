@@ -34,12 +34,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteLossError
-from ..models import AmortizedCodebook, MeanFieldGuide, mlp
-from ..training.threads import torch_threads
-from .datasets import LIBI_DATASET_NAMES, load_dataset
+from pyro_mapa.errors import NonFiniteLossError
+from pyro_mapa.models import AmortizedCodebook, MeanFieldGuide, mlp
+from pyro_mapa.training.threads import torch_threads
+from pyro_mapa.datasets import LIBI_DATASET_NAMES, load_dataset
 from .libi_metrics import aggregate_kl, elbo_by_quadrature, mmd2, paper_importance_log_likelihood
-from .methods import build_method
+from pyro_mapa.methods import build_method
 from .provenance import jsonable, provenance
 
 __all__ = ["LIBI_GRIDS", "LIBI_METHODS", "LiBIBenchmarkSettings", "paper_networks", "reference_mmd2", "run_job",
@@ -84,7 +84,7 @@ class HalfSigmoidCubeRoot(nn.Module):
 
 
 def paper_networks(dataset: str):
-    """``networks(role, in, out)`` for :func:`~pyro_mapa.experiments.methods.build_method`: the paper's forms."""
+    """``networks(role, in, out)`` for :func:`~pyro_mapa.methods.build_method`: the paper's forms."""
 
     def networks(role: str, n_in: int, n_out: int) -> nn.Module:
         if role == "decoder":

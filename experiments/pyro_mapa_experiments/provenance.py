@@ -10,7 +10,7 @@ number of worker processes, the full settings, the date (UTC) and the command li
 
 :func:`numeric_leaves` and :func:`max_abs_differences` compare the numbers of two
 results, skipping wall-clock timings (:data:`VOLATILE_KEYS`), which no rerun reproduces;
-:func:`~pyro_mapa.experiments.check.check_reproduction` reruns a random sample of a recorded reproduction's jobs with
+:func:`~pyro_mapa_experiments.check.check_reproduction` reruns a random sample of a recorded reproduction's jobs with
 their recorded seeds and settings and compares (tolerance :data:`CHECK_TOLERANCE`).
 """
 
@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import pyro_mapa
 
 __all__ = [
     "CHECK_TOLERANCE",
@@ -114,12 +116,13 @@ def git_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
 
     Returns:
         ``commit`` (40 hex digits), ``dirty`` (tracked files outside :data:`RESULT_PATHS`
-        differ from the commit, or untracked files exist inside the package),
+        differ from the commit, or untracked files exist inside the package or, by default, beside
+        this module in ``pyro_mapa_experiments``),
         ``changes_sha256`` (SHA-256 of that ``git diff HEAD`` and of the untracked package
         files: two dirty trees with equal hashes hold the same code; ``None`` when clean)
         and ``untracked_package_files``.
     """
-    pkg = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parents[1]
+    pkg = Path(package_dir) if package_dir is not None else Path(pyro_mapa.__file__).resolve().parent
     empty = {"commit": None, "dirty": None, "changes_sha256": None, "untracked_package_files": None}
     top = _git(pkg, "rev-parse", "--show-toplevel")
     if not top:
@@ -131,7 +134,8 @@ def git_state(package_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         return empty  # the enclosing repository does not track this package
     commit = (_git(root, "rev-parse", "HEAD") or "").strip() or None
     diff = _git(root, "diff", "HEAD", "--binary", "--", ".", *(f":(exclude){p}" for p in RESULT_PATHS)) or ""
-    listing = _git(root, "ls-files", "--others", "--exclude-standard", "--", str(pkg)) or ""
+    code_dirs = [str(pkg)] + ([str(Path(__file__).resolve().parent)] if package_dir is None else [])
+    listing = _git(root, "ls-files", "--others", "--exclude-standard", "--", *code_dirs) or ""
     untracked = sorted(line for line in listing.splitlines() if line.strip())
     dirty = bool(diff) or bool(untracked)
     digest = None

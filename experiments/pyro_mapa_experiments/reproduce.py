@@ -12,11 +12,11 @@ spec: it runs on ``threads_per_job`` torch threads (1 by default; restored after
 and every random stream in it (network initialization, minibatch order, MAPA's remainder
 draws, evaluation samples) is seeded from :func:`job_seed` of ``(data set, draw, method,
 restart)``. Jobs run in a process pool in any order, so the numbers do not depend on
-``--jobs``; timings (:data:`~pyro_mapa.experiments.provenance.VOLATILE_KEYS`) do.
+``--jobs``; timings (:data:`~pyro_mapa_experiments.provenance.VOLATILE_KEYS`) do.
 
-**Provenance.** Both JSON files carry :func:`~pyro_mapa.experiments.provenance.provenance`;
+**Provenance.** Both JSON files carry :func:`~pyro_mapa_experiments.provenance.provenance`;
 ``raw_results.json`` also records each job's spec and seeds, so
-:func:`~pyro_mapa.experiments.check.check_reproduction` can rerun a sample of them.
+:func:`~pyro_mapa_experiments.check.check_reproduction` can rerun a sample of them.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from ..table.posterior_table import PosteriorTable
+from pyro_mapa.table.posterior_table import PosteriorTable
 from .collapse_summary import collapse_summary
-from .datasets import DATASET_NAMES, load_dataset
-from .methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
+from pyro_mapa.datasets import DATASET_NAMES, load_dataset
+from pyro_mapa.methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
 from .provenance import git_state, jsonable, provenance
 
 __all__ = ["PAPER_METHODS", "ReproductionSettings", "gaussian_reference", "job_seed", "run_job",
@@ -51,7 +51,7 @@ class ReproductionSettings:
     """Everything that defines a reproduction run (stored in the output JSON).
 
     ``method_options`` maps a method name to keyword arguments of
-    :func:`~pyro_mapa.experiments.methods.build_method` for that method (added to, or
+    :func:`~pyro_mapa.methods.build_method` for that method (added to, or
     overriding, ``hidden``, ``num_top``, ``num_samples``, ``num_particles`` and ``table``).
     """
 

@@ -91,7 +91,7 @@ class Comparison:
 
 
 def _is_method_setup(model: Any) -> bool:
-    """A :class:`~pyro_mapa.experiments.methods.MethodSetup` (by its interface: ``experiments`` is a layer above)."""
+    """A :class:`~pyro_mapa.methods.MethodSetup` (by its interface: ``experiments`` is a layer above)."""
     return callable(getattr(model, "learned_model", None))
 
 
@@ -148,7 +148,7 @@ def pointwise_log_likelihood(
     """:math:`\\log p(x_n)` of every row of ``x`` under a trained model.
 
     Arguments:
-        model: A :class:`~pyro_mapa.experiments.methods.MethodSetup` (its
+        model: A :class:`~pyro_mapa.methods.MethodSetup` (its
             ``learned_model(seed=seed)`` is used), a
             :class:`~pyro_mapa.priors.LearnedModel`, anything with
             ``log_prob(x)`` returning ``(n,)`` values or an

@@ -113,7 +113,7 @@ def to_inference_data(
     Arguments:
         num_draws: Guide draws per point.
         plate: Name of the data plate.
-        learned_model: A :class:`~pyro_mapa.experiments.methods.LearnedModel` (or a
+        learned_model: A :class:`~pyro_mapa.methods.LearnedModel` (or a
             ``MethodSetup``) for the ``posterior_predictive`` and ``prior`` groups.
         num_predictive: Replicate data sets in ``posterior_predictive``.
         seed: Seeds the predictive and prior draws (the guide draws use Pyro's RNG).

@@ -1,5 +1,4 @@
-"""The paper's experiments: the five synthetic benchmarks, the method registry, the reproduction and its figures.
-
-:mod:`.datasets`, :mod:`.methods` (``build_method``), :mod:`.reproduce` (``pyro-mapa reproduce``),
-:mod:`.figures`. Imported on demand (matplotlib is loaded only by :mod:`.figures`).
+"""Deprecated: ``pyro_mapa.experiments.datasets`` and ``.methods`` moved to :mod:`pyro_mapa.datasets` and
+:mod:`pyro_mapa.methods`; the reproduction, provenance and figures moved out of the installed package to the
+repository's ``experiments/pyro_mapa_experiments``. The two aliases below go away in the next release.
 """

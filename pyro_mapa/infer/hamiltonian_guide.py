@@ -53,7 +53,7 @@ __all__ = [
 
 TEMPERINGS = ("none", "fixed", "learned")
 #: The defaults of :class:`HamiltonianGuide`, also the ``"HVAE"`` method's in the registry
-#: (:data:`pyro_mapa.experiments.methods.DEFAULT_OPTIONS`): 5 leapfrog steps of initial size 0.1,
+#: (:data:`pyro_mapa.methods.DEFAULT_OPTIONS`): 5 leapfrog steps of initial size 0.1,
 #: learned tempering from β₀ = 0.5 (the paper's best variant; β₀ = 1 when ``tempering="none"``).
 DEFAULT_NUM_LEAPFROG = 5
 DEFAULT_STEP_SIZE = 0.1

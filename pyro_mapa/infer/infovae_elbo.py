@@ -27,7 +27,7 @@ __all__ = [
 KernelFn = Callable[[Tensor, Tensor, float], Tensor]
 
 #: The defaults of :class:`TraceInfoVAE_ELBO`, also the ``"InfoVAE"`` method's in the registry
-#: (:data:`pyro_mapa.experiments.methods.DEFAULT_OPTIONS`). α = 1 drops the KL term's mutual
+#: (:data:`pyro_mapa.methods.DEFAULT_OPTIONS`). α = 1 drops the KL term's mutual
 #: information penalty (the paper's MMD-VAE); λ = 10 weights the MMD by α + λ − 1 = 10.
 DEFAULT_ALPHA = 1.0
 DEFAULT_LAMBDA = 10.0

@@ -14,8 +14,8 @@ from torch import nn
 from pyro_mapa.diagnostics import _arviz_compat as compat
 from pyro_mapa.diagnostics.compare import compare, pointwise_log_likelihood
 from pyro_mapa.evaluation import ImportanceEstimate
-from pyro_mapa.experiments.datasets import load_dataset, true_decoder
-from pyro_mapa.experiments.methods import LearnedModel, build_method
+from pyro_mapa.datasets import load_dataset, true_decoder
+from pyro_mapa.methods import LearnedModel, build_method
 from pyro_mapa.models import NormalLikelihood
 from pyro_mapa.training import fit
 

@@ -21,8 +21,8 @@ from pyro_mapa.diagnostics import (
 )
 from pyro_mapa.diagnostics.inference_data import aggregate_posterior, to_inference_data
 from pyro_mapa.evaluation import gauss_legendre_grid, importance_log_likelihood
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit
 
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -6,9 +6,9 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-import pyro_mapa.experiments.methods as methods
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import TraceBetaELBO, annealed_beta, build_method
+import pyro_mapa.methods as methods
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import TraceBetaELBO, annealed_beta, build_method
 
 
 @pytest.fixture(scope="module")

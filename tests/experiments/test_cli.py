@@ -7,7 +7,7 @@ import time
 import pytest
 
 from pyro_mapa.cli import main, run_demo
-from pyro_mapa.experiments.reproduce import ReproductionSettings
+from pyro_mapa_experiments.reproduce import ReproductionSettings
 
 
 def test_demo_runs_and_reports_finite_numbers():
@@ -26,7 +26,7 @@ def test_demo_trains_and_evaluates_on_one_thread_and_restores_the_setting(monkey
     """The demo's thread policy: one thread unless told otherwise (--threads, OMP_NUM_THREADS), restored after."""
     import torch
 
-    import pyro_mapa.experiments.methods as methods
+    import pyro_mapa.methods as methods
     import pyro_mapa.training as training
 
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -128,8 +128,8 @@ def test_module_entry_point_help():
 
 
 def test_only_the_quick_settings_say_quick():
-    from pyro_mapa.experiments.provenance import jsonable
-    from pyro_mapa.experiments.reproduce import ReproductionSettings
+    from pyro_mapa_experiments.provenance import jsonable
+    from pyro_mapa_experiments.reproduce import ReproductionSettings
 
     assert jsonable(ReproductionSettings())["is_quick"] is False
     assert jsonable(ReproductionSettings.quick())["is_quick"] is True

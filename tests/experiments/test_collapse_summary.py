@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pyro_mapa.evaluation.latent_posterior import grid_log_marginal
-from pyro_mapa.experiments.collapse_summary import collapse_summary
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa_experiments.collapse_summary import collapse_summary
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_free_codes_report_the_model_collapse_only(data):
 
 def test_guide_posterior_kl_by_monte_carlo_agrees_with_the_grid_and_covers_narrow_guides(data):
     from pyro_mapa.evaluation.latent_posterior import GridMassError, grid_log_marginal
-    from pyro_mapa.experiments.collapse_summary import guide_posterior_kl
+    from pyro_mapa_experiments.collapse_summary import guide_posterior_kl
     from pyro_mapa.models import MeanFieldGuide
 
     pyro.clear_param_store()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_mapa.experiments.datasets import (
+from pyro_mapa.datasets import (
     ALL_DATASET_NAMES,
     DATASET_NAMES,
     LIBI_DATASET_NAMES,
@@ -235,7 +235,7 @@ def test_surrogate_network_truth_tracks_the_formula():
     """truth="network": a supervised MLP close to f, whose exact density is consistent with its own data."""
     import torch
 
-    from pyro_mapa.experiments.datasets import fit_surrogate_decoder, load_dataset, true_decoder
+    from pyro_mapa.datasets import fit_surrogate_decoder, load_dataset, true_decoder
 
     torch.set_num_threads(1)
     net = fit_surrogate_decoder("circle", steps=1500)
@@ -294,7 +294,7 @@ def _log_normal_2d(u, cov):
 
 @pytest.mark.parametrize("name", LIBI_NAMES)
 def test_libi_shapes_and_defaults(name):
-    from pyro_mapa.experiments.datasets import LiBIDataset
+    from pyro_mapa.datasets import LiBIDataset
 
     ds = load_dataset(name, seed=0)
     dim = 4 if name == "gaussian_4d" else 2
@@ -318,7 +318,7 @@ def test_libi_shapes_and_defaults(name):
 
 @pytest.mark.parametrize("name", LIBI_NAMES)
 def test_libi_decoders_match_the_spec(name):
-    from pyro_mapa.experiments.datasets import mobius, mobius_network
+    from pyro_mapa.datasets import mobius, mobius_network
 
     z = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
     got = true_decoder(name)(z)
@@ -471,7 +471,7 @@ def test_mobius_network_is_injective_on_the_disc():
     injective on the disc (a local diffeomorphism of a disc that is injective on its boundary)."""
     import json
 
-    from pyro_mapa.experiments.datasets import _MOBIUS_FILE, MOBIUS_RADIUS, mobius_network
+    from pyro_mapa.datasets import _MOBIUS_FILE, MOBIUS_RADIUS, mobius_network
 
     net = mobius_network()
     g = torch.linspace(-MOBIUS_RADIUS, MOBIUS_RADIUS, 281, dtype=F64)
@@ -503,7 +503,7 @@ def brute_mobius(x, sigma, h=0.02, sub=6, lim=7.0):
     """log p(x) for Mobius without Newton: a 0.02-grid of cells over [-7, 7]^2 (no injectivity assumed),
     every cell whose image can come within 10 sigma of x (|f(c) - x| < 10 sigma + 1.5 * the largest
     neighbour difference of f at c) refined by a 6x6 midpoint rule."""
-    from pyro_mapa.experiments.datasets import mobius_network
+    from pyro_mapa.datasets import mobius_network
 
     net = mobius_network()
     n = int(round(2 * lim / h))
@@ -535,7 +535,7 @@ def test_mobius_density_matches_brute_force_quadrature():
 def test_mobius_density_integrates_to_one():
     """∫ p(x) dx = ∫ p(f(u)) |det J_f(u)| du (f injective on the disc): midpoint rule over [-5, 5]^2 in u,
     where N(0, I) has all but 1.15e-6 of its mass."""
-    from pyro_mapa.experiments.datasets import mobius_network
+    from pyro_mapa.datasets import mobius_network
 
     ds = load_dataset("mobius", num_train=2, num_valid=2, num_test=2, seed=0)
     net = mobius_network()

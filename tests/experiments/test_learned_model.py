@@ -28,8 +28,8 @@ def test_learned_model_with_flow_prior_2d_agrees_with_importance_sampling():
     """A 2-D MAPA model: grid quadrature (exact) and the fitted-proposal IS estimate agree within its SE."""
     import pyro
 
-    from pyro_mapa.experiments.datasets import load_dataset
-    from pyro_mapa.experiments.methods import build_method
+    from pyro_mapa.datasets import load_dataset
+    from pyro_mapa.methods import build_method
     from pyro_mapa.training import fit
 
     torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""LiBI's benchmarks (:mod:`pyro_mapa.experiments.libi_benchmarks`): jobs, selection, one tiny run end to end,
+"""LiBI's benchmarks (:mod:`pyro_mapa_experiments.libi_benchmarks`): jobs, selection, one tiny run end to end,
 its networks, and ``reproduce --check`` on a recorded run."""
 
 import json
@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from pyro_mapa.errors import NonFiniteLossError
-from pyro_mapa.experiments import libi_benchmarks as lb
-from pyro_mapa.experiments.check import check_reproduction
-from pyro_mapa.experiments.datasets import LIBI_DATASET_NAMES, load_dataset
-from pyro_mapa.experiments.libi_benchmarks import (
+from pyro_mapa_experiments import libi_benchmarks as lb
+from pyro_mapa_experiments.check import check_reproduction
+from pyro_mapa.datasets import LIBI_DATASET_NAMES, load_dataset
+from pyro_mapa_experiments.libi_benchmarks import (
     LIBI_GRIDS,
     LIBI_METHODS,
     HalfSigmoidCubeRoot,

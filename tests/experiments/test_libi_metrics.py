@@ -1,4 +1,4 @@
-r"""The LiBI benchmarks' metrics (:mod:`pyro_mapa.experiments.libi_metrics`) against exact answers.
+r"""The LiBI benchmarks' metrics (:mod:`pyro_mapa_experiments.libi_metrics`) against exact answers.
 
 The reference model is linear-Gaussian: :math:`z \sim N(0, I_2)`, :math:`x \mid z \sim N(Wz + b, s^2 I_D)`, so
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pyro_mapa import NormalLikelihood
-from pyro_mapa.experiments.libi_metrics import (
+from pyro_mapa_experiments.libi_metrics import (
     aggregate_kl,
     elbo_by_quadrature,
     gauss_hermite_nodes,

@@ -6,8 +6,8 @@ import pyro
 import pytest
 import torch
 
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import METHODS, OPTION_GRIDS, build_method, true_posterior_table
 from pyro_mapa.infer import HamiltonianGuide, TraceInfoVAE_ELBO
 from pyro_mapa.models import LIDVAEDecoder
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pyro_mapa.cli import main
-from pyro_mapa.experiments import provenance as prov_mod
-from pyro_mapa.experiments.check import _job_from_record, check_reproduction
-from pyro_mapa.experiments.provenance import (
+from pyro_mapa_experiments import provenance as prov_mod
+from pyro_mapa_experiments.check import _job_from_record, check_reproduction
+from pyro_mapa_experiments.provenance import (
     PROVENANCE_SCHEMA,
     git_state,
     load_raw_results,
@@ -22,7 +22,7 @@ from pyro_mapa.experiments.provenance import (
     numeric_leaves,
     provenance,
 )
-from pyro_mapa.experiments.reproduce import ReproductionSettings, job_seed, run_job, run_reproduction
+from pyro_mapa_experiments.reproduce import ReproductionSettings, job_seed, run_job, run_reproduction
 
 TINY = dict(
     datasets=("circle",), methods=("VAE", "MAPA"), draws=1, restarts=2, epochs=2, batch_size=20, num_train=60,
@@ -86,7 +86,7 @@ def test_results_record_their_provenance(tmp_path):
 
 def test_provenance_is_the_code_at_the_start_of_the_run(tmp_path, monkeypatch):
     """A commit made while the jobs run does not relabel them: the start's state is kept, the end's added."""
-    from pyro_mapa.experiments import reproduce
+    from pyro_mapa_experiments import reproduce
 
     state = {"commit": "a" * 40}
 
@@ -198,7 +198,7 @@ def _fake_run(tmp_path, commit="a" * 40, changes=None):
 @pytest.fixture
 def replay(monkeypatch):
     """Stands in for the rerun: returns the untampered records, and pins the current commit."""
-    from pyro_mapa.experiments import check
+    from pyro_mapa_experiments import check
 
     state = {"records": None, "commit": "a" * 40}
     monkeypatch.setattr(check, "_run_all", lambda todo, jobs, progress: [

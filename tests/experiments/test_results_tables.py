@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_mapa.experiments import figures
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.reproduce import ReproductionSettings, _grid
+from pyro_mapa_experiments import figures
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa_experiments.reproduce import ReproductionSettings, _grid
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results"

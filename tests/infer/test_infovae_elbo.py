@@ -266,7 +266,7 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_defaults_are_the_registrys_not_a_plain_elbo():
     """TraceInfoVAE_ELBO() is the registry's InfoVAE (alpha 1, lambda 10, IMQ, h 1), not alpha 0, lambda 1 (= Trace_ELBO)."""
-    from pyro_mapa.experiments.methods import DEFAULT_OPTIONS
+    from pyro_mapa.methods import DEFAULT_OPTIONS
 
     elbo = TraceInfoVAE_ELBO()
     assert (elbo.alpha, elbo.lambda_, elbo.bandwidth) == (1.0, 10.0, 1.0) and elbo.kernel is imq_kernel

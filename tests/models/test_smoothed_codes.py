@@ -19,7 +19,7 @@ from pyro_mapa import (
 )
 from pyro_mapa.diagnostics import importance_diagnostics
 from pyro_mapa.evaluation import CodeMixtureProposal
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.methods import build_method
 from pyro_mapa.priors import CodeMixturePrior
 
 F64 = torch.float64

@@ -16,7 +16,7 @@ from pyro.infer import SVI
 from pyro.optim import Adam
 
 from pyro_mapa import AmortizedCodebook, EmpiricalizedModel, MAPAGuide, PosteriorTable, TraceMAPA_ELBO, mlp
-from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.datasets import load_dataset
 from pyro_mapa.training.distributed import DistributedSVI, shard_batches, shard_rows
 
 N, BATCH, EPOCHS = 200, 25, 3

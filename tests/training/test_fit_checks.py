@@ -8,8 +8,8 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_mapa import HamiltonianGuide, MeanFieldGuide, NonFiniteLossError, NormalLikelihood, VAEModel, mlp
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit
 from pyro_mapa.training.threads import resolve_num_threads, torch_threads
 

@@ -23,7 +23,7 @@ from pyro_mapa.evaluation.latent_posterior import (
     kl_to_posterior,
     latent_grid,
 )
-from pyro_mapa.experiments.datasets import load_dataset
+from pyro_mapa.datasets import load_dataset
 from pyro_mapa.training.exact_decoder import _shifted_grid, fit_exact_decoder, marginal_nll
 
 F64 = torch.float64
@@ -257,9 +257,9 @@ def test_exact_decoder_gap_is_below_the_vaes_where_the_vae_encoder_is_poor():
     poor there. The committed records call the method "LiBI": they were made by what is now ExactDecoder."""
     from pathlib import Path
 
-    from pyro_mapa.experiments.check import _job_from_record
-    from pyro_mapa.experiments.provenance import load_raw_results
-    from pyro_mapa.experiments.reproduce import run_job
+    from pyro_mapa_experiments.check import _job_from_record
+    from pyro_mapa_experiments.provenance import load_raw_results
+    from pyro_mapa_experiments.reproduce import run_job
 
     _, settings, records = load_raw_results(Path(__file__).resolve().parents[2] / "docs" / "results" / "collapse")
     gap = {}

@@ -11,8 +11,8 @@ from torch import nn
 
 import pyro_mapa.training.libi as libi
 from pyro_mapa import NormalLikelihood, mlp
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit_libi, libi_code_loss, load_mean_head
 
 F64 = torch.float64

@@ -9,8 +9,8 @@ import torch
 
 from pyro_mapa import GaussianKernel, MAPAGuide, NonFiniteLossError, PosteriorTable
 from pyro_mapa.training.checkpoint import load_checkpoint, save_checkpoint
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit
 
 

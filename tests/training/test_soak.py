@@ -13,8 +13,8 @@ import pytest
 SCRIPT = r"""
 import json, sys, pyro, torch
 torch.set_num_threads(1)
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import build_method
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import build_method
 from pyro_mapa.training import fit
 ckpt, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ds = load_dataset("figure8", num_train=400, num_valid=5, num_test=5, seed=1)

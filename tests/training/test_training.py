@@ -15,8 +15,8 @@ from pyro_mapa import (
     TraceMAPA_ELBO,
     empirical_log_likelihood,
 )
-from pyro_mapa.experiments.datasets import load_dataset
-from pyro_mapa.experiments.methods import METHODS, LearnedModel, build_method, true_posterior_table
+from pyro_mapa.datasets import load_dataset
+from pyro_mapa.methods import METHODS, LearnedModel, build_method, true_posterior_table
 from pyro_mapa.priors import GaussianCopulaPrior
 from pyro_mapa.training import fit
 
