@@ -277,7 +277,7 @@ def _libi(args: argparse.Namespace) -> int:
                  (("datasets", args.datasets), ("methods", args.methods), ("settings", args.settings),
                   ("restarts", args.restarts), ("epochs", args.epochs), ("jobs", args.jobs)) if v is not None}
     st = LiBIBenchmarkSettings.quick(**overrides) if args.quick else LiBIBenchmarkSettings(**overrides)
-    summary = run_libi_benchmarks(st, args.output, progress=not args.no_progress)
+    summary = run_libi_benchmarks(st, args.output, progress=not args.no_progress, merge=args.merge)
     print(f"{'data set':<12}{'networks':<9}{'method':<18}{'test LL':>9}{'test KL':>9}{'paper IS':>10}{'MMD2':>8}"
           f"{'passes':>8}")
     for r in summary["rows"]:
@@ -312,6 +312,8 @@ def _add_libi(sub) -> None:
     add("--output", default="results/libi_benchmarks", help="output directory")
     add("--summarize", action="store_true",
         help="train nothing: rewrite OUTPUT/libi_benchmarks.json (selection on validation) from OUTPUT/raw_results.json")
+    add("--merge", action="store_true",
+        help="rerun only the given methods/data sets into an existing OUTPUT, replacing their records")
     add("--no-progress", action="store_true")
     lib.set_defaults(func=_libi)
 

@@ -279,20 +279,42 @@ def write_summary(directory: str | Path) -> dict[str, Any]:
         wall = json.loads((directory / "libi_benchmarks.json").read_text()).get("wall_clock_seconds")
     summary = {"provenance": raw["provenance"], "settings": meta, "rows": summarize(raw["results"]),
                "reference_mmd2": {d: reference_mmd2(d, meta["draw"], meta["model_samples"]) for d in meta["datasets"]},
-               "wall_clock_seconds": wall}
+               "wall_clock_seconds": wall,
+               "merged": [{"commit": (m["provenance"].get("git") or {}).get("commit"), "replaced": m["replaced"]}
+                          for m in raw.get("merged", [])]}
     (directory / "libi_benchmarks.json").write_text(json.dumps(jsonable(summary), indent=1) + "\n")
     return summary
 
 
+def _merge(out: Path, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw``'s records in place of the recorded ones of the same (data set, setting, method)."""
+    old = json.loads((out / "raw_results.json").read_text())
+    redone = {(r["job"]["dataset"], r["job"]["setting"], r["job"]["method"]) for r in raw["results"]}
+    kept = [r for r in old["results"]
+            if (r["job"]["dataset"], r["job"]["setting"], r["job"]["method"]) not in redone]
+    history = old.get("merged", []) + [{"provenance": raw["provenance"], "replaced": sorted(map(list, redone)),
+                                        "settings": raw["settings"], "wall_clock_seconds": raw["wall_clock_seconds"]}]
+    return {**old, "results": kept + raw["results"], "merged": history}
+
+
 def run_libi_benchmarks(settings: LiBIBenchmarkSettings, output: str | Path | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, merge: bool = False) -> dict[str, Any]:
     """Runs every job, writes ``raw_results.json`` (records, replayable by ``reproduce --check``) and
-    ``libi_benchmarks.json`` (the selected rows) under ``output``, and returns the summary."""
+    ``libi_benchmarks.json`` (the selected rows) under ``output``, and returns the summary.
+
+    ``merge=True`` reruns only ``settings``' jobs into an existing ``output``: their (data set, setting,
+    method) records replace the recorded ones, the rest are kept, and ``raw_results.json`` lists each
+    merge with its provenance under ``"merged"`` (every record still replays by its own spec and seed).
+    """
+    if merge and (output is None or not (Path(output) / "raw_results.json").exists()):
+        raise ValueError("merge=True needs an output directory holding a raw_results.json to merge into")
     start = time.perf_counter()
     records = _run_all(make_jobs(settings), settings.jobs, progress)
     meta = {**asdict(settings), "experiment": "libi_benchmarks"}
     prov = provenance(jobs=settings.jobs, threads_per_job=1)
     raw = {"provenance": prov, "settings": meta, "results": records, "wall_clock_seconds": time.perf_counter() - start}
+    if merge:
+        raw = _merge(Path(output), raw)
     if output is None:
         return {"provenance": prov, "settings": meta, "rows": summarize(records)}
     out = Path(output)

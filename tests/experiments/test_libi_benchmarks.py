@@ -301,3 +301,22 @@ def test_check_reproduction_replays_a_recorded_run(recorded, tmp_path):
     # same code and environment (the usual case here): determinism is broken; else the code moved under us
     assert ("determinism is broken" if report["same_code"] and not report["environment_differences"]
             else "differ") in report["verdict"]
+
+
+def test_merge_replaces_one_methods_records_and_keeps_the_rest(tmp_path):
+    small = dict(epochs=2, is_samples=20, flow_steps=5, model_samples=20)
+    lb.run_libi_benchmarks(lb.LiBIBenchmarkSettings.quick(methods=("VAE", "beta-VAE"), **small), tmp_path,
+                           progress=False)
+    before = json.loads((tmp_path / "raw_results.json").read_text())["results"]
+    vae_before = [r for r in before if r["job"]["method"] == "VAE"]
+    lb.run_libi_benchmarks(lb.LiBIBenchmarkSettings.quick(methods=("beta-VAE",), lr=1e-2, **small), tmp_path,
+                           progress=False, merge=True)
+    raw = json.loads((tmp_path / "raw_results.json").read_text())
+    assert [r for r in raw["results"] if r["job"]["method"] == "VAE"] == vae_before  # kept as recorded
+    beta = [r for r in raw["results"] if r["job"]["method"] == "beta-VAE"]
+    assert len(beta) == 1 and beta[0]["job"]["lr"] == 1e-2  # the rerun's record replaced the old one
+    assert raw["merged"][0]["replaced"] == [["linear_jtex", "paper", "beta-VAE"]]
+    summary = json.loads((tmp_path / "libi_benchmarks.json").read_text())
+    assert {r["method"] for r in summary["rows"]} == {"VAE", "beta-VAE"}
+    with pytest.raises(ValueError, match="merge=True needs an output directory"):
+        lb.run_libi_benchmarks(lb.LiBIBenchmarkSettings.quick(**small), tmp_path / "empty", merge=True)
