@@ -224,20 +224,36 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return {"job": job, **out}
 
 
-def _run_all(jobs: list[dict[str, Any]], workers: int, progress: bool) -> list[dict[str, Any]]:
-    bar = tqdm(total=len(jobs), desc="LiBI benchmarks", unit="job", disable=not progress)
-    results = []
+def _run_all(jobs: list[dict[str, Any]], workers: int, progress: bool,
+             partial: Path | None = None) -> list[dict[str, Any]]:
+    """Runs the jobs (``workers`` processes); each finished record is also appended to ``partial`` (JSON
+    lines), so a run that stops keeps what it finished: the records of ``partial`` whose job is asked
+    again are reused, not rerun."""
+    done: dict[str, dict[str, Any]] = {}
+    if partial is not None and partial.exists():
+        for line in partial.read_text().splitlines():
+            rec = json.loads(line)
+            done[json.dumps(rec["job"], sort_keys=True)] = rec
+    todo = [j for j in jobs if json.dumps(jsonable(j), sort_keys=True) not in done]
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="LiBI benchmarks", unit="job",
+               disable=not progress)
+
+    def keep(res: dict[str, Any]) -> None:
+        done[json.dumps(jsonable(res["job"]), sort_keys=True)] = res
+        if partial is not None:
+            with partial.open("a") as f:
+                f.write(json.dumps(jsonable(res)) + "\n")
+        bar.update()
+
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for res in pool.map(run_job, jobs):
-                results.append(res)
-                bar.update()
+            for res in pool.map(run_job, todo):
+                keep(res)
     else:
-        for job in jobs:
-            results.append(run_job(job))
-            bar.update()
+        for job in todo:
+            keep(run_job(job))
     bar.close()
-    return results
+    return [done[json.dumps(jsonable(j), sort_keys=True)] for j in jobs]
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -309,7 +325,11 @@ def run_libi_benchmarks(settings: LiBIBenchmarkSettings, output: str | Path | No
     if merge and (output is None or not (Path(output) / "raw_results.json").exists()):
         raise ValueError("merge=True needs an output directory holding a raw_results.json to merge into")
     start = time.perf_counter()
-    records = _run_all(make_jobs(settings), settings.jobs, progress)
+    partial = None
+    if output is not None:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        partial = Path(output) / "raw_results.partial.jsonl"
+    records = _run_all(make_jobs(settings), settings.jobs, progress, partial)
     meta = {**asdict(settings), "experiment": "libi_benchmarks"}
     prov = provenance(jobs=settings.jobs, threads_per_job=1)
     raw = {"provenance": prov, "settings": meta, "results": records, "wall_clock_seconds": time.perf_counter() - start}
@@ -318,6 +338,6 @@ def run_libi_benchmarks(settings: LiBIBenchmarkSettings, output: str | Path | No
     if output is None:
         return {"provenance": prov, "settings": meta, "rows": summarize(records)}
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "raw_results.json").write_text(json.dumps(jsonable(raw), indent=1) + "\n")
+    partial.unlink(missing_ok=True)  # everything is in raw_results.json now
     return write_summary(out)
