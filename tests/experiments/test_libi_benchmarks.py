@@ -320,3 +320,20 @@ def test_merge_replaces_one_methods_records_and_keeps_the_rest(tmp_path):
     assert {r["method"] for r in summary["rows"]} == {"VAE", "beta-VAE"}
     with pytest.raises(ValueError, match="merge=True needs an output directory"):
         lb.run_libi_benchmarks(lb.LiBIBenchmarkSettings.quick(**small), tmp_path / "empty", merge=True)
+
+
+def test_a_stopped_run_resumes_from_its_partial_records(tmp_path, monkeypatch):
+    small = dict(epochs=2, is_samples=20, flow_steps=5, model_samples=20)
+    settings = lb.LiBIBenchmarkSettings.quick(methods=("VAE", "beta-VAE"), **small)
+    jobs = lb.make_jobs(settings)
+    first = lb.run_job(jobs[0])
+    partial = tmp_path / "raw_results.partial.jsonl"
+    partial.write_text(json.dumps(lb.jsonable(first)) + "\n")  # as if the run stopped after one job
+    ran = []
+    real = lb.run_job
+    monkeypatch.setattr(lb, "run_job", lambda job: ran.append(job) or real(job))
+    lb.run_libi_benchmarks(settings, tmp_path, progress=False)
+    assert ran == jobs[1:]  # the finished job is reused, not rerun
+    raw = json.loads((tmp_path / "raw_results.json").read_text())
+    assert [r["job"] for r in raw["results"]] == jobs and raw["results"][0] == lb.jsonable(first)
+    assert not partial.exists()  # folded into raw_results.json
