@@ -31,6 +31,7 @@ __all__ = [
     "call_network",
     "check_count",
     "check_matches_networks",
+    "check_nonnegative_int",
     "check_positive_int",
     "first_parameter",
 ]
@@ -40,7 +41,7 @@ class NonFiniteLossError(ValueError):
     """Raised when a loss or bound estimate is NaN or infinite, naming the term that broke."""
 
 
-def check_count(value: Any, name: str) -> int:
+def check_nonnegative_int(value: Any, name: str) -> int:
     """Returns ``value`` if it is a non-negative ``int`` (not a ``bool``); raises otherwise.
 
     Raises:
@@ -54,9 +55,18 @@ def check_count(value: Any, name: str) -> int:
     return value
 
 
+def check_count(value: Any, name: str) -> int:
+    """Deprecated name of :func:`check_nonnegative_int` (removed in the next release)."""
+    import warnings
+
+    warnings.warn("pyro_mapa.errors.check_count is deprecated: use check_nonnegative_int", DeprecationWarning,
+                  stacklevel=2)
+    return check_nonnegative_int(value, name)
+
+
 def check_positive_int(value: Any, name: str) -> int:
-    """Like :func:`check_count`, but ``value`` must be at least 1."""
-    if check_count(value, name) < 1:
+    """Like :func:`check_nonnegative_int`, but ``value`` must be at least 1."""
+    if check_nonnegative_int(value, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteLossError, check_count
+from ..errors import NonFiniteLossError, check_nonnegative_int
 from ..models.likelihoods import Likelihood
 from .importance import check_data, stratified_iwae_bound
 from .proposal import MixtureProposal
@@ -88,14 +88,14 @@ def fit_proposal(
         NonFiniteLossError: The bound became NaN or infinite.
     """
     x = check_data(x)
-    latent_dim = check_count(latent_dim, "latent_dim")
-    steps = check_count(steps, "steps")
+    latent_dim = check_nonnegative_int(latent_dim, "latent_dim")
+    steps = check_nonnegative_int(steps, "steps")
     for value, name in ((latent_dim, "latent_dim"), (steps, "steps"), (num_components, "num_components")):
-        if check_count(value, name) < 1:
+        if check_nonnegative_int(value, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    if check_count(num_per_component, "num_per_component") < 1:
+    if check_nonnegative_int(num_per_component, "num_per_component") < 1:
         raise ValueError(f"num_per_component must be >= 1, got {num_per_component}")
-    if batch_size is not None and check_count(batch_size, "batch_size") < 1:
+    if batch_size is not None and check_nonnegative_int(batch_size, "batch_size") < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr}")

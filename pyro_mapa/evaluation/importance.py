@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 from ..models.likelihoods import Likelihood
 from .proposal import MixtureProposal, Proposal
 
@@ -121,7 +121,7 @@ def stratified_iwae_bound(
         | Automatic Differentiation Variational Inference with Mixtures
         | (Morningstar, Vikram, Ham, Gallagher and Dillon, 2021) https://arxiv.org/abs/2003.01687
     """
-    t = check_count(num_per_component, "num_per_component")
+    t = check_nonnegative_int(num_per_component, "num_per_component")
     if t < 1:
         raise ValueError(f"num_per_component must be >= 1, got {t}")
     z, log_alpha = proposal.rsample_components(x, t, generator)  # (T, K, n, d), (K, n)
@@ -214,10 +214,10 @@ def importance_from_log_joint(
             :func:`importance_log_likelihood`.
     """
     x = check_data(x)
-    s = check_count(num_samples, "num_samples")
+    s = check_nonnegative_int(num_samples, "num_samples")
     if s < 2:
         raise ValueError(f"num_samples must be >= 2 for a standard error, got {s}")
-    if check_count(chunk_size, "chunk_size") < 1:
+    if check_nonnegative_int(chunk_size, "chunk_size") < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = x.shape[0]
     points = max(1, chunk_size // s)

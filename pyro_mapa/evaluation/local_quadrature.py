@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import as_data_tensor, check_count, check_positive_int
+from ..errors import as_data_tensor, check_nonnegative_int, check_positive_int
 from ..models.likelihoods import Likelihood
 
 __all__ = ["local_quadrature_log_likelihood"]
@@ -215,8 +215,8 @@ def local_quadrature_log_likelihood(
     for value, name in ((n, "coarse_points"), (max_modes, "max_modes"), (nodes, "nodes"),
                         (chunk_size, "chunk_size")):
         check_positive_int(value, name)
-    check_count(newton_steps, "newton_steps")
-    check_count(refinements, "refinements")
+    check_nonnegative_int(newton_steps, "newton_steps")
+    check_nonnegative_int(refinements, "refinements")
     if not (half_width > 0 and math.isfinite(half_width)):
         raise ValueError(f"half_width must be positive and finite, got {half_width!r}")
     axis = torch.linspace(low, high, n, dtype=torch.float64, device=x.device)

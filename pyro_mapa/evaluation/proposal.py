@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 from ..models.networks import mlp
 
 __all__ = ["MixtureProposal", "Proposal"]
@@ -69,7 +69,7 @@ class MixtureProposal(nn.Module):
         super().__init__()
         counts = ((data_dim, "data_dim"), (latent_dim, "latent_dim"), (num_components, "num_components"))
         for value, name in counts:
-            if check_count(value, name) < 1:
+            if check_nonnegative_int(value, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         k, d = num_components, latent_dim
         self.data_dim, self.latent_dim, self.num_components = data_dim, latent_dim, num_components

@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 from torch import Tensor
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 from ..infer._pyro_compat import Messenger, site_is_subsample
 from ..infer._tracing import plate_frame, reduce_to_particle_point, site_log_prob
 from .fit_proposal import fit_proposal
@@ -233,7 +233,7 @@ def model_importance_log_likelihood(
     x = check_data(x)
     if proposal is None:
         proposal = fit_proposal(
-            x, None, None, None, latent_dim, steps=check_count(fit_steps, "fit_steps"), seed=seed, joint=joint, **fit_kwargs
+            x, None, None, None, latent_dim, steps=check_nonnegative_int(fit_steps, "fit_steps"), seed=seed, joint=joint, **fit_kwargs
         )
     return importance_from_log_joint(x, joint, proposal, num_samples, chunk_size=max(num_samples, 2**14), generator=generator)
 

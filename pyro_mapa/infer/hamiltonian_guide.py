@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from pyro import poutine
 from torch import Tensor, nn
 
-from ..errors import NonFiniteLossError, check_count, check_positive_int
+from ..errors import NonFiniteLossError, check_nonnegative_int, check_positive_int
 from ..models.vae import check_same_data
 from ._pyro_compat import get_plates
 
@@ -77,7 +77,7 @@ def tempering_schedule(beta0: Tensor, num_steps: int) -> Tensor:
     Returns:
         A ``(K + 1,)`` tensor in ``beta0``'s dtype and device.
     """
-    num_steps = check_count(num_steps, "num_steps")
+    num_steps = check_nonnegative_int(num_steps, "num_steps")
     beta0 = torch.as_tensor(beta0)
     if num_steps == 0:
         return beta0.reshape(1)
@@ -259,7 +259,7 @@ class HamiltonianGuide(nn.Module):
             check_same_data(data, model_data, "HamiltonianGuide",
                             "HamiltonianGuide(encoder, model, latent_dim=d, data=X)")
         self.latent_dim = check_positive_int(latent_dim, "latent_dim")
-        self.num_leapfrog = check_count(num_leapfrog, "num_leapfrog")
+        self.num_leapfrog = check_nonnegative_int(num_leapfrog, "num_leapfrog")
         self.tempering = tempering
         beta0 = _check_beta0(beta0, tempering, self.num_leapfrog)
         if max_grad_norm is not None and not (

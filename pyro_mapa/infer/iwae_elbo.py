@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 from ._importance_elbo import PerPointImportanceELBO, PerPointTerms, drop_negligible, negligible_log_ratio
 from ._importance_sites import ImportanceTerms, ShareGlobals, detect_data_plate, importance_terms
 from ._pyro_compat import VECTORIZED_PARTICLE_PLATE, get_importance_trace, get_traces, site_is_subsample
@@ -82,7 +82,7 @@ class TraceIWAE_ELBO(PerPointImportanceELBO):
     ) -> None:
         if isinstance(num_particles, int) and not isinstance(num_particles, bool) and num_particles < 1:
             raise ValueError(f"num_particles must be >= 1, got {num_particles}")
-        num_particles = check_count(num_particles, "num_particles")
+        num_particles = check_nonnegative_int(num_particles, "num_particles")
         if plate is not None and not isinstance(plate, str):
             raise TypeError(f"plate must be the name of the data plate (a str) or None, got {type(plate).__name__}")
         self.plate = plate

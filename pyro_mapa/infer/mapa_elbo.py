@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.infer.autoguide import AutoGuideList
 from torch import Tensor
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 from ..table.counter_rng import counter_uniform
 from ._importance_elbo import PerPointImportanceELBO, PerPointTerms
 from ._importance_sites import PlateScale, PointSums
@@ -111,8 +111,8 @@ class TraceMAPA_ELBO(PerPointImportanceELBO):
                 f"remainder must be 'with_replacement' or 'without_replacement', got {remainder!r}"
             )
         self.remainder = remainder
-        self.num_top = check_count(num_top, "num_top")
-        self.num_samples = check_count(num_samples, "num_samples")
+        self.num_top = check_nonnegative_int(num_top, "num_top")
+        self.num_samples = check_nonnegative_int(num_samples, "num_samples")
         if remainder == "without_replacement" and self.num_samples == 1:
             warnings.warn(
                 "remainder='without_replacement' with num_samples=1 gives a looser bound than "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import check_count
+from ..errors import check_nonnegative_int
 
 __all__ = ["FreeCodebook", "pca_codes"]
 
@@ -93,8 +93,8 @@ class FreeCodebook(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        num_codes = check_count(num_codes, "num_codes")
-        latent_dim = check_count(latent_dim, "latent_dim")
+        num_codes = check_nonnegative_int(num_codes, "num_codes")
+        latent_dim = check_nonnegative_int(latent_dim, "latent_dim")
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}")
         if not isinstance(decoder, nn.Module):

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteLossError, check_count
+from ..errors import NonFiniteLossError, check_nonnegative_int
 from .distribution import MIN_FLOW_CODES, PriorDistribution, check_codes, check_latents
 
 __all__ = ["FlowPrior"]
@@ -137,10 +137,10 @@ class FlowPrior(nn.Module):
             NonFiniteLossError: The training loss became NaN or infinite.
         """
         codes = check_codes(codes, "codes", MIN_FLOW_CODES)
-        steps = check_count(steps, "steps")
-        transforms = check_count(transforms, "transforms")
-        bins = check_count(bins, "bins")
-        eval_every = check_count(eval_every, "eval_every")
+        steps = check_nonnegative_int(steps, "steps")
+        transforms = check_nonnegative_int(transforms, "transforms")
+        bins = check_nonnegative_int(bins, "bins")
+        eval_every = check_nonnegative_int(eval_every, "eval_every")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if transforms < 1:
@@ -151,9 +151,9 @@ class FlowPrior(nn.Module):
             raise ValueError(f"lr must be a positive finite number, got {lr}")
         if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
             raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
-        if patience is not None and check_count(patience, "patience") < 1:
+        if patience is not None and check_nonnegative_int(patience, "patience") < 1:
             raise ValueError(f"patience must be >= 1 or None, got {patience}")
-        if batch_size is not None and check_count(batch_size, "batch_size") < 1:
+        if batch_size is not None and check_nonnegative_int(batch_size, "batch_size") < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         hidden = tuple(int(h) for h in hidden)
         if any(h < 1 for h in hidden):

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..errors import as_data_tensor, check_count
+from ..errors import as_data_tensor, check_nonnegative_int
 from .distances import DistancePlan, table_dtype
 from .kernels import ProximityKernel
 
@@ -189,7 +189,7 @@ def check_build_arguments(
             f"a dense table for N={n} needs {n * n * 12 / 2**30:.1f} GiB; "
             "pass max_support=M (e.g. 256) to keep only each row's top M entries"
         )
-    if chunk_size is not None and check_count(chunk_size, "chunk_size") < 1:
+    if chunk_size is not None and check_nonnegative_int(chunk_size, "chunk_size") < 1:
         raise ValueError("chunk_size must be >= 1")
     if rows is not None and (not isinstance(rows, range) or rows.step != 1 or not 0 <= rows.start < rows.stop <= n):
         raise ValueError(f"rows must be a contiguous range inside [0, N={n}), got {rows!r}")
@@ -212,7 +212,7 @@ def check_build_arguments(
 
 def check_max_support(max_support: Any, n: int) -> int:
     """``max_support`` if it is an int in ``[1, N]``; raises ``TypeError``/``ValueError`` naming it otherwise."""
-    check_count(max_support, "max_support")
+    check_nonnegative_int(max_support, "max_support")
     if not 1 <= max_support <= n:
         raise ValueError(
             f"max_support must lie in [1, N={n}], got {max_support}; pass max_support=None for full rows"

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..errors import as_index_tensor, check_count
+from ..errors import as_index_tensor, check_nonnegative_int
 from .build import (
     build_table,
     check_build_arguments,
@@ -195,7 +195,7 @@ class PosteriorTable:
 
         Stored as expanded views, so it costs ``O(N)`` memory whatever ``N``.
         """
-        n = check_count(num_categories, "num_categories")
+        n = check_nonnegative_int(num_categories, "num_categories")
         if n < 1:
             raise ValueError("num_categories must be >= 1")
         idx = torch.arange(n, device=device).expand(n, n)
@@ -284,7 +284,7 @@ class PosteriorTable:
 
     def top_k(self, rows: Tensor | None, k: int) -> TableRows:
         """The ``k`` most probable indices of each row and their log-probabilities, ``(B, k)``."""
-        k = check_count(k, "k (num_top)")
+        k = check_nonnegative_int(k, "k (num_top)")
         self._check_k(k)
         r = self._rows(rows)
         return TableRows(self.indices[r, :k], self.log_probs[r, :k])
@@ -321,7 +321,7 @@ class PosteriorTable:
 
     def remainder(self, rows: Tensor | None, k: int) -> TableRows:
         """The remainder after the top ``k``: indices and the renormalized :math:`\\log\\tilde q`."""
-        k = check_count(k, "k (num_top)")
+        k = check_nonnegative_int(k, "k (num_top)")
         self._check_k(k)
         r = self._rows(rows)
         mass = self.remainder_log_mass(k)[r]
@@ -345,8 +345,8 @@ class PosteriorTable:
             ``(indices, log_q_remainder)``, both ``(B, s)``; ``(B, 0)`` when ``s = 0``
             or when the top ``k`` already cover the row's support (nothing to sample).
         """
-        s = check_count(s, "s (num_samples)")
-        k = check_count(k, "k (num_top)")
+        s = check_nonnegative_int(s, "s (num_samples)")
+        k = check_nonnegative_int(k, "k (num_top)")
         self._check_k(k)
         r = self._rows(rows)
         if isinstance(r, slice):
@@ -376,7 +376,7 @@ class PosteriorTable:
         Returns:
             ``(indices, log_inclusion)``, both ``(B, min(s, M - k))``.
         """
-        s = check_count(s, "s (num_samples)")
+        s = check_nonnegative_int(s, "s (num_samples)")
         rest = self.remainder(rows, k)
         b, width = rest.indices.shape
         if min(s, width) == 0:

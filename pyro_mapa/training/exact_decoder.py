@@ -34,7 +34,7 @@ from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..errors import NonFiniteLossError, check_count, check_positive_int
+from ..errors import NonFiniteLossError, check_nonnegative_int, check_positive_int
 from ..evaluation.importance import check_data
 from ..evaluation.latent_posterior import LatentGrid, grid_log_marginal, importance_log_marginal, latent_grid
 from ..infer.iwae_elbo import TraceIWAE_ELBO
@@ -201,7 +201,7 @@ def fit_exact_decoder(
     d = check_positive_int(latent_dim, "latent_dim")
     method = _resolve_method(likelihood_method, d)
     for value, name in ((stage1_epochs, "stage1_epochs"), (stage2_epochs, "stage2_epochs")):
-        check_count(value, name)
+        check_nonnegative_int(value, name)
     check_positive_int(batch_size, "batch_size")
     if stage2_loss not in ("elbo", "iwae"):
         raise ValueError(f"stage2_loss must be 'elbo' or 'iwae', got {stage2_loss!r}")

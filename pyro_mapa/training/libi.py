@@ -49,7 +49,7 @@ import torch
 from pyro.infer import ELBO, Trace_ELBO
 from torch import Tensor, nn
 
-from ..errors import NonFiniteLossError, check_count, check_positive_int
+from ..errors import NonFiniteLossError, check_nonnegative_int, check_positive_int
 from ..evaluation.importance import check_data
 from ..infer.iwae_elbo import TraceIWAE_ELBO
 from ..models.likelihoods import Likelihood
@@ -301,7 +301,7 @@ def fit_libi(
                "cov_scale": _positive(cov_scale, "cov_scale", "ε_Σ, e.g. 0.5"),
                "mean_scale": _positive(mean_scale, "mean_scale", "ε_μ, e.g. 0.5")}
     for value, name in ((stage1_epochs, "stage1_epochs"), (stage2_epochs, "stage2_epochs")):
-        check_count(value, name)
+        check_nonnegative_int(value, name)
     if check_positive_int(batch_size, "batch_size") < d + 2:
         raise ValueError(f"batch_size must be >= latent_dim + 2 = {d + 2} (the Henze-Zirkler penalty needs "
                          f"a nonsingular batch covariance), got {batch_size}")
