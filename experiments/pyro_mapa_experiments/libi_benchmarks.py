@@ -291,8 +291,6 @@ def write_summary(directory: str | Path) -> dict[str, Any]:
     raw = json.loads((directory / "raw_results.json").read_text())
     meta = raw["settings"]
     wall = raw.get("wall_clock_seconds")
-    if wall is None and (directory / "libi_benchmarks.json").exists():  # runs that kept it in the summary only
-        wall = json.loads((directory / "libi_benchmarks.json").read_text()).get("wall_clock_seconds")
     summary = {"provenance": raw["provenance"], "settings": meta, "rows": summarize(raw["results"]),
                "reference_mmd2": {d: reference_mmd2(d, meta["draw"], meta["model_samples"]) for d in meta["datasets"]},
                "wall_clock_seconds": wall,

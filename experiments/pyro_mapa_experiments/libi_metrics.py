@@ -108,6 +108,11 @@ def mmd2(a: Tensor, b: Tensor) -> float:
     r"""Unbiased :math:`\mathrm{MMD}^2` between samples ``a`` and ``b`` (rows), Gaussian kernel
     :math:`k(u, v) = \exp(-\lVert u - v\rVert^2 / (2 h^2))` with ``h`` the median pairwise distance of the pooled sample.
     """
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
+        raise ValueError(f"mmd2 needs two samples of shape (n >= 2, D) with the same D, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise ValueError("mmd2: the samples contain NaN or inf; drop those rows first")
     a, b = a.double(), b.double()
     pooled = torch.cat([a, b])
     dist2 = torch.cdist(pooled, pooled).pow(2)

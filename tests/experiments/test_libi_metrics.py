@@ -255,3 +255,14 @@ def test_gauss_hermite_nodes_integrate_polynomials_exactly(d):
         assert float((w * z1**2 * z2**2).sum()) == pytest.approx(1.0, abs=1e-12)
         assert float((w * z1 * z2).sum()) == pytest.approx(0.0, abs=1e-14)
         assert float((w * z2**4).sum()) == pytest.approx(3.0, abs=1e-12)
+
+
+def test_mmd2_refuses_samples_it_cannot_compare():
+    good = torch.zeros(5, 2)
+    for a, b in ((torch.zeros(1, 2), good), (good, torch.zeros(5, 3)), (torch.zeros(5), good)):
+        with pytest.raises(ValueError, match="mmd2 needs two samples"):
+            mmd2(a, b)
+    bad = good.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        mmd2(good, bad)

@@ -344,3 +344,13 @@ def test_a_non_finite_stage1_loss_raises_and_leaves_the_param_store_clean():
         fit_libi(dec, x, NormalLikelihood(0.5), 2, encoder=enc, code_network=code, stage1_epochs=1,
                  stage2_epochs=0, batch_size=7)
     pyro.clear_param_store()
+
+
+def test_the_stage1_loss_has_no_traces_and_says_which_methods_to_call():
+    """Pyro's ELBO requires ``_get_trace``; stage 1 samples nothing, so asking for traces is refused by name."""
+    from pyro_mapa.training.libi_loss import LiBICodeGuide, LiBICodeLoss, LiBICodeModel
+
+    code, dec, x = tiny_case()
+    model, guide = LiBICodeModel(dec, x, NormalLikelihood(0.5)), LiBICodeGuide(code, x)
+    with pytest.raises(NotImplementedError, match="call loss or loss_and_grads"):
+        LiBICodeLoss(2, **WEIGHTS)._get_trace(model, guide, (torch.arange(3),), {})
